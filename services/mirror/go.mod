@@ -1,0 +1,7 @@
+module github.com/attack-etl/attack-etl/services/mirror
+
+go 1.26.0
+
+require github.com/attack-etl/attack-etl/shared v0.0.0
+
+replace github.com/attack-etl/attack-etl/shared => ../../shared
