@@ -78,6 +78,52 @@ func FlatSubject(collection, stixType string) string {
 // FlatFilter returns the subject filter of every flattened document.
 func FlatFilter() string { return flatPrefix + ">" }
 
+// FlatCtlType is the type token of control events on the flattened subjects. No STIX type can
+// equal it, since STIX types never start with '_'.
+const FlatCtlType = "_ctl"
+
+// FlatCtlSubject returns the flattened subject that carries a collection's control event (such
+// as "synced"), forwarded by the transformer from CtlSubject after every document before it:
+// stix.flat.<collection>._ctl.<event>.
+func FlatCtlSubject(collection, event string) string {
+	return FlatSubject(collection, FlatCtlType) + "." + Token(event)
+}
+
+// ParseFlatCtlSubject tells whether a flattened subject carries a control event, and returns
+// its collection key and event.
+func ParseFlatCtlSubject(subject string) (collection, event string, ok bool) {
+	parts := strings.Split(strings.TrimPrefix(subject, flatPrefix), ".")
+	if !strings.HasPrefix(subject, flatPrefix) || len(parts) != 3 || parts[1] != FlatCtlType {
+		return "", "", false
+	}
+	return parts[0], parts[2], true
+}
+
+// ParseCtlSubject returns the collection key and event of a control subject
+// (stix.ctl.<collection>.<event>).
+func ParseCtlSubject(subject string) (collection, event string, ok bool) {
+	rest, found := strings.CutPrefix(subject, ctlPrefix)
+	if !found {
+		return "", "", false
+	}
+	collection, event, ok = strings.Cut(rest, ".")
+	return collection, event, ok && collection != "" && event != ""
+}
+
+// ParseRawSubject returns the collection key and STIX id token of a raw subject
+// (stix.raw.<collection>.<stix-id>).
+func ParseRawSubject(subject string) (collection, stixID string, ok bool) {
+	rest, found := strings.CutPrefix(subject, rawPrefix)
+	if !found {
+		return "", "", false
+	}
+	collection, stixID, ok = strings.Cut(rest, ".")
+	return collection, stixID, ok && collection != "" && stixID != ""
+}
+
+// IsCtlSubject tells whether a subject of the raw stream carries a control event.
+func IsCtlSubject(subject string) bool { return strings.HasPrefix(subject, ctlPrefix) }
+
 // DLQSubject returns the dead-letter subject of a stage.
 func DLQSubject(stage string) string { return dlqPrefix + Token(stage) }
 

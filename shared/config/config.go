@@ -44,8 +44,9 @@ func (k Key) FlagName() string {
 
 // Values holds the loaded settings of one service.
 type Values struct {
-	v    *viper.Viper
-	keys map[string]Key
+	v     *viper.Viper
+	keys  map[string]Key
+	flags *pflag.FlagSet
 	// Args holds the command-line arguments left after the flags.
 	Args []string
 }
@@ -74,7 +75,7 @@ func FromFlagSet(keys []Key, fs *pflag.FlagSet) (*Values, error) {
 	if err := readEnvFile(v); err != nil {
 		return nil, err
 	}
-	vals := &Values{v: v, keys: make(map[string]Key, len(keys)), Args: fs.Args()}
+	vals := &Values{v: v, keys: make(map[string]Key, len(keys)), flags: fs, Args: fs.Args()}
 	for _, k := range keys {
 		vals.keys[k.Name] = k
 		v.SetDefault(k.Name, k.Default)
@@ -123,6 +124,22 @@ func (c *Values) lookup(name string) string {
 		return c.keys[name].Default
 	}
 	return val
+}
+
+// Explicit reports whether a key was set by a flag, the environment or the .env file, as
+// opposed to falling back to its default. An empty value counts as not set.
+func (c *Values) Explicit(name string) bool {
+	k, ok := c.keys[name]
+	if !ok {
+		panic(fmt.Sprintf("config: key %s is not declared", name))
+	}
+	if f := c.flags.Lookup(k.FlagName()); f != nil && f.Changed && f.Value.String() != "" {
+		return true
+	}
+	if v, ok := os.LookupEnv(name); ok && strings.TrimSpace(v) != "" {
+		return true
+	}
+	return c.v.InConfig(name) && strings.TrimSpace(c.v.GetString(name)) != ""
 }
 
 // String returns the value of a key.

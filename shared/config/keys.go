@@ -98,6 +98,8 @@ var Transformer = []Key{
 		Usage: "Deliveries of a raw message before it is dead-lettered."},
 	{Name: "TRANSFORMER_ACK_WAIT", Default: "60s", Group: GroupTransformer,
 		Usage: "How long JetStream waits for an ack before it redelivers a raw message."},
+	{Name: "TRANSFORMER_SCHEMA_VERSION", Default: "", Group: GroupTransformer,
+		Usage: "Schema version written to provenance and _rev; empty uses the built-in one (replay after raising it)."},
 }
 
 // Loader holds the loader's own keys.
@@ -151,5 +153,26 @@ func Join(lists ...[]Key) []Key {
 
 // All returns every key of every service, without repeats, in catalogue order.
 func All() []Key {
-	return Join(Common, NATS, Extractor, Transformer, Loader, Mirror)
+	return Join(Common, NATS, Extractor, Transformer, Loader, Mirror, Runner)
+}
+
+// GroupRunner names the keys of the etlctl command that runs the whole pipeline locally.
+const GroupRunner = "etlctl (local runs, replay, dead letters)"
+
+// Runner holds the keys of etlctl, which runs the pipeline once on a local stack.
+var Runner = []Key{
+	{Name: "ETL_LOCAL_DIR", Default: ".local", Group: GroupRunner,
+		Usage: "Folder of the local stack's data and logs (git-ignored)."},
+	{Name: "ETL_BIN_DIR", Default: "bin", Group: GroupRunner,
+		Usage: "Folder of the built service binaries."},
+	{Name: "ETL_TOOLS_DIR", Default: ".local/bin", Group: GroupRunner,
+		Usage: "Folder of nats-server and ferretdb, built by make tools."},
+	{Name: "ATTACK_DATA_DIR", Default: "../shared/attack", Group: GroupRunner,
+		Usage: "Folder of the ATT&CK bundles the local TAXII server serves when TAXII_API_URL is unset."},
+	{Name: "ATTACK_RELEASE", Default: "18.1", Group: GroupRunner,
+		Usage: "ATT&CK release whose bundles the local TAXII server serves."},
+	{Name: "ETL_LOADERS", Default: "1", Group: GroupRunner,
+		Usage: "Loader processes the run command starts side by side."},
+	{Name: "ETL_RUN_TIMEOUT", Default: "30m", Group: GroupRunner,
+		Usage: "Longest time the run command waits for the pipeline to finish."},
 }

@@ -54,6 +54,11 @@ type Document struct {
 	DataSources    []string `json:"data_sources,omitempty" bson:"data_sources,omitempty"`
 	IsSubtechnique bool     `json:"is_subtechnique,omitempty" bson:"is_subtechnique,omitempty"`
 	ParentAttackID string   `json:"parent_attack_id,omitempty" bson:"parent_attack_id,omitempty"`
+	// Shortname is a tactic's x_mitre_shortname: the phase name that techniques list in Tactics.
+	Shortname string `json:"shortname,omitempty" bson:"shortname,omitempty"`
+	// FirstSeen and LastSeen are a campaign's first_seen and last_seen.
+	FirstSeen *time.Time `json:"first_seen,omitempty" bson:"first_seen,omitempty"`
+	LastSeen  *time.Time `json:"last_seen,omitempty" bson:"last_seen,omitempty"`
 
 	Revoked    bool `json:"revoked" bson:"revoked"`
 	Deprecated bool `json:"deprecated" bson:"deprecated"`

@@ -34,9 +34,11 @@ type Proc struct {
 	// Env is added to the environment of the process.
 	Env []string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{}
+	exitCode int
+	exited   bool
 }
 
 // Start starts the process and waits until its address accepts connections or ctx ends.
@@ -62,9 +64,13 @@ func (p *Proc) Start(ctx context.Context) error {
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	done := make(chan struct{})
+	p.exited, p.exitCode = false, 0
 	go func() {
 		_ = cmd.Wait()
 		logf.Close()
+		p.mu.Lock()
+		p.exited, p.exitCode = true, cmd.ProcessState.ExitCode()
+		p.mu.Unlock()
 		close(done)
 	}()
 	p.cmd, p.done = cmd, done
@@ -85,6 +91,31 @@ func (p *Proc) Pid() int {
 		return 0
 	}
 	return p.cmd.Process.Pid
+}
+
+// Wait waits for the process to exit and returns its exit status (-1 when a signal ended it).
+func (p *Proc) Wait(ctx context.Context) (int, error) {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done == nil {
+		code, _ := p.ExitCode()
+		return code, nil
+	}
+	select {
+	case <-done:
+		code, _ := p.ExitCode()
+		return code, nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("wait for %s: %w", p.Name, ctx.Err())
+	}
+}
+
+// ExitCode returns the exit status of the last run and whether that run has ended.
+func (p *Proc) ExitCode() (int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exitCode, p.exited
 }
 
 // Stop sends SIGTERM and waits up to grace for the process to exit, then kills it.

@@ -1,0 +1,71 @@
+package sync
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/attack-etl/attack-etl/shared/bus"
+)
+
+// SyncsBucket is the JetStream object store bucket that keeps, per full sync, the list of ids
+// the server served.
+const SyncsBucket = "STIX_SYNCS"
+
+// SyncedEvent is the control message published to bus.CtlSubject(key, "synced") after a full
+// sync of a collection whose every publish was acknowledged. The loader prunes documents of the
+// collection whose ids are not in the object IDsObject of the SyncsBucket bucket.
+type SyncedEvent struct {
+	RunID        string `json:"run_id"`
+	Collection   string `json:"collection"`
+	CollectionID string `json:"collection_id"`
+	Full         bool   `json:"full"`
+	Count        int    `json:"count"`
+	IDsObject    string `json:"ids_object"`
+}
+
+// IDsObjectName returns the object store name of a run's id list for a collection.
+func IDsObjectName(collectionKey, runID string) string { return collectionKey + "." + runID }
+
+// PublishSynced stores the ids served by a full sync as newline-separated text in the
+// SyncsBucket object store (created when missing), then publishes the synced control message and
+// waits for its ack.
+func PublishSynced(ctx context.Context, js jetstream.JetStream, ev SyncedEvent, ids []string,
+	replicas int) error {
+	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: SyncsBucket, Replicas: max(replicas, 1),
+		Description: "ids served by each full sync, one object per collection and run",
+	})
+	if err != nil {
+		return fmt.Errorf("open object store %s: %w", SyncsBucket, err)
+	}
+	var buf bytes.Buffer
+	for _, id := range ids {
+		buf.WriteString(id)
+		buf.WriteByte('\n')
+	}
+	ev.IDsObject = IDsObjectName(ev.Collection, ev.RunID)
+	ev.Count = len(ids)
+	ev.Full = true
+	if _, err := obs.PutBytes(ctx, ev.IDsObject, buf.Bytes()); err != nil {
+		return fmt.Errorf("store id list %s: %w", ev.IDsObject, err)
+	}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode synced event: %w", err)
+	}
+	msg := nats.NewMsg(bus.CtlSubject(ev.Collection, "synced"))
+	msg.Header.Set(jetstream.MsgIDHeader, "synced:"+ev.Collection+":"+ev.RunID)
+	msg.Header.Set(bus.HeaderCollection, ev.Collection)
+	msg.Header.Set(bus.HeaderCollectionID, ev.CollectionID)
+	msg.Header.Set(bus.HeaderRunID, ev.RunID)
+	msg.Data = body
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish synced event of %s: %w", ev.Collection, err)
+	}
+	return nil
+}

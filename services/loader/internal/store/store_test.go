@@ -1,0 +1,449 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/attack-etl/attack-etl/services/loader/internal/fixture"
+	"github.com/attack-etl/attack-etl/services/loader/internal/store"
+	"github.com/attack-etl/attack-etl/shared/document"
+	"github.com/attack-etl/attack-etl/shared/localstack"
+)
+
+var (
+	mongoURI string
+	collSeq  atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "loader-store-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	_ = os.Chmod(dir, 0o755) // PostgreSQL runs as its own user
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	bin, _ := filepath.Abs("../../../../.local/bin")
+	s, err := localstack.Start(ctx, localstack.Options{Dir: dir, BinDir: bin, Mongo: true})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start FerretDB:", err)
+		os.Exit(1)
+	}
+	mongoURI = s.MongoURI
+	code := m.Run()
+	s.Stop()
+	if os.Getenv("KEEP_STACK") == "" {
+		_ = os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
+
+// open returns a store on a fresh collection; name reuses one for several stores.
+func open(t testing.TB, mode store.Mode, name string) *store.Store {
+	t.Helper()
+	if name == "" {
+		name = fmt.Sprintf("objects_%d", collSeq.Add(1))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := store.Open(ctx, store.Options{URI: mongoURI, Database: "loadertest", Collection: name,
+		Mode: mode, Concurrency: 4})
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s
+}
+
+func newName() string { return fmt.Sprintf("objects_%d", collSeq.Add(1)) }
+
+// realDocs returns the fixture documents by id, each id's versions and copies in file order.
+func realDocs(t testing.TB) map[string][]document.Document {
+	t.Helper()
+	docs, err := fixture.Docs("run-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]document.Document{}
+	for _, d := range docs {
+		out[d.ID] = append(out[d.ID], d)
+	}
+	return out
+}
+
+// pick returns the first id whose documents satisfy cond.
+func pick(t testing.TB, all map[string][]document.Document,
+	cond func([]document.Document) bool) []document.Document {
+	t.Helper()
+	ids := make([]string, 0, len(all))
+	for id := range all {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if cond(all[id]) {
+			return all[id]
+		}
+	}
+	t.Fatal("no fixture document fits")
+	return nil
+}
+
+func twoVersions(ds []document.Document) bool {
+	return len(ds) == 2 && ds[0].Rev != ds[1].Rev && ds[0].Type == "attack-pattern"
+}
+
+func twoCollections(ds []document.Document) bool {
+	return len(ds) == 2 && ds[0].Collections[0] != ds[1].Collections[0]
+}
+
+// storedDoc reads one stored document as a map (so that fields the struct lacks show).
+func storedDoc(t testing.TB, s *store.Store, id string) bson.M {
+	t.Helper()
+	var m bson.M
+	err := s.Collection().FindOne(context.Background(), bson.D{{Key: "_id", Value: id}}).Decode(&m)
+	if err != nil {
+		t.Fatalf("read %s: %v", id, err)
+	}
+	return m
+}
+
+// content returns a stored document without its provenance, as JSON, for comparisons.
+func content(t testing.TB, s *store.Store) map[string]string {
+	t.Helper()
+	cur, err := s.Collection().Find(context.Background(), bson.D{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []bson.M
+	if err := cur.All(context.Background(), &all); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, m := range all {
+		delete(m, "provenance")
+		b, _ := json.Marshal(m)
+		out[m["_id"].(string)] = string(b)
+	}
+	return out
+}
+
+func write(t testing.TB, s *store.Store, docs ...document.Document) []store.Result {
+	t.Helper()
+	res, _, err := s.Write(context.Background(), docs)
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("write %s: %v", docs[i].ID, r.Err)
+		}
+	}
+	return res
+}
+
+func TestWriteDecisions(t *testing.T) {
+	all := realDocs(t)
+	vers := pick(t, all, twoVersions) // 18.0 then 18.1
+	old, cur := vers[0], vers[1]
+	copies := pick(t, all, twoCollections)
+	stub := cur
+	stub.Description, stub.Revoked, stub.Active, stub.RevokedBy = "", true, false, "attack-pattern--x"
+	stub.STIXModified = "2030-01-01T00:00:00.000Z"
+	if err := stub.Seal(""); err != nil {
+		t.Fatal(err)
+	}
+	major := cur
+	major.Version, major.STIXModified = "9.0", "2030-01-01T00:00:00.000Z"
+	if err := major.Seal(""); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		before  []document.Document
+		doc     document.Document
+		want    store.Outcome
+		wantRev string
+		check   func(t *testing.T, m bson.M)
+	}{
+		{name: "new id is inserted", doc: cur, want: store.Added, wantRev: cur.Rev},
+		{name: "same version again is unchanged", before: []document.Document{cur}, doc: cur,
+			want: store.Unchanged, wantRev: cur.Rev},
+		{name: "older version after newer is out of date", before: []document.Document{cur},
+			doc: old, want: store.OutOfDate, wantRev: cur.Rev},
+		{name: "newer version replaces older", before: []document.Document{old}, doc: cur,
+			want: store.Minor, wantRev: cur.Rev},
+		{name: "major version rise", before: []document.Document{cur}, doc: major,
+			want: store.Major, wantRev: major.Rev},
+		{name: "same version from another collection is merged",
+			before: []document.Document{copies[0]}, doc: copies[1], want: store.Merged,
+			wantRev: copies[0].Rev, check: func(t *testing.T, m bson.M) {
+				if got := fmt.Sprint(m["collections"]); got != "[enterprise-attack mobile-attack]" {
+					t.Errorf("collections = %s", got)
+				}
+			}},
+		{name: "revoked stub fully replaces a rich document", before: []document.Document{cur},
+			doc: stub, want: store.Revoked, wantRev: stub.Rev, check: func(t *testing.T, m bson.M) {
+				if _, ok := m["description"]; ok {
+					t.Errorf("stale description kept: %.40v", m["description"])
+				}
+				if m["revoked"] != true {
+					t.Errorf("revoked = %v", m["revoked"])
+				}
+			}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, store.ModeAuto, "")
+			for _, b := range tc.before {
+				write(t, s, b)
+			}
+			res := write(t, s, tc.doc)
+			if res[0].Outcome != tc.want {
+				t.Errorf("outcome = %s, want %s", res[0].Outcome, tc.want)
+			}
+			m := storedDoc(t, s, tc.doc.ID)
+			if m["_rev"] != tc.wantRev {
+				t.Errorf("stored _rev = %v, want %v", m["_rev"], tc.wantRev)
+			}
+			if !strings.Contains(fmt.Sprint(m["provenance"]), "loaded_at") {
+				t.Errorf("loaded_at not set")
+			}
+			if tc.check != nil {
+				tc.check(t, m)
+			}
+		})
+	}
+}
+
+// permutations returns every order of the items.
+func permutations[T any](items []T) [][]T {
+	if len(items) <= 1 {
+		return [][]T{slices.Clone(items)}
+	}
+	var out [][]T
+	for i := range items {
+		rest := slices.Concat(items[:i], items[i+1:])
+		for _, p := range permutations(rest) {
+			out = append(out, append([]T{items[i]}, p...))
+		}
+	}
+	return out
+}
+
+func TestArrivalOrderIndependence(t *testing.T) {
+	all := realDocs(t)
+	vers := pick(t, all, twoVersions)
+	copies := pick(t, all, twoCollections)
+	// A third copy of the newer version as another collection serves it.
+	other := vers[1]
+	other.Collections = []string{"mobile-attack"}
+	other.Domains = []string{"mobile-attack"}
+	items := []document.Document{vers[0], vers[1], other, copies[0], copies[1]}
+	var want map[string]string
+	for i, p := range permutations(items) {
+		if i%7 != 0 { // 120 orders; every seventh keeps the test short but varied
+			continue
+		}
+		for _, oneBatch := range []bool{false, true} {
+			s := open(t, store.ModeAuto, "")
+			if oneBatch {
+				write(t, s, p...)
+			} else {
+				for _, d := range p {
+					write(t, s, d)
+				}
+			}
+			got := content(t, s)
+			if want == nil {
+				want = got
+				if !strings.Contains(want[vers[1].ID], `"enterprise-attack","mobile-attack"`) {
+					t.Fatalf("collections not merged: %s", want[vers[1].ID])
+				}
+				continue
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("order %d (one batch %v) differs:\n got %v\nwant %v", i, oneBatch, got,
+					want)
+			}
+		}
+	}
+}
+
+func TestConcurrentStoresSameNewIDs(t *testing.T) {
+	docs, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := newName()
+	stores := []*store.Store{open(t, store.ModeAuto, name), open(t, store.ModeAuto, name),
+		open(t, store.ModeAuto, name)}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(stores))
+	outcomes := make([]map[store.Outcome]int, len(stores))
+	for i, s := range stores {
+		wg.Go(func() {
+			res, _, err := s.Write(context.Background(), docs)
+			if err != nil {
+				errs <- err
+				return
+			}
+			outcomes[i] = map[store.Outcome]int{}
+			for _, r := range res {
+				if r.Err != nil {
+					errs <- r.Err
+				}
+				outcomes[i][r.Outcome]++
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("concurrent write failed: %v", err)
+	}
+	added := 0
+	for _, o := range outcomes {
+		added += o[store.Added]
+	}
+	if added != len(docs) {
+		t.Errorf("added %d in total over the stores, want %d (outcomes %v)", added, len(docs),
+			outcomes)
+	}
+	n, err := stores[0].Collection().CountDocuments(context.Background(), bson.D{})
+	if err != nil || n != int64(len(docs)) {
+		t.Fatalf("stored %d documents (%v), want %d", n, err, len(docs))
+	}
+}
+
+func TestBulkInsertRetriesOnlyDuplicates(t *testing.T) {
+	docs, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs = docs[:100]
+	s := open(t, store.ModeAuto, "")
+	var pre []document.Document
+	for i := 0; i < len(docs); i += 4 {
+		pre = append(pre, docs[i])
+	}
+	write(t, s, pre...)
+	res, st, err := s.Write(context.Background(), docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Conflicts != len(pre) || st.Inserted != len(docs)-len(pre) {
+		t.Errorf("conflicts %d inserted %d, want %d and %d", st.Conflicts, st.Inserted, len(pre),
+			len(docs)-len(pre))
+	}
+	if st.Writes != 0 {
+		t.Errorf("%d writes on the conflict path, want none (all unchanged)", st.Writes)
+	}
+	for i, r := range res {
+		want := store.Added
+		if i%4 == 0 {
+			want = store.Unchanged
+		}
+		if r.Outcome != want {
+			t.Errorf("%s: %s, want %s", docs[i].ID, r.Outcome, want)
+		}
+	}
+}
+
+func TestBulkModeOneStatement(t *testing.T) {
+	all := realDocs(t)
+	vers := pick(t, all, twoVersions)
+	copies := pick(t, all, twoCollections)
+	s := open(t, store.ModeBulk, "")
+	store.SetBulkChunk(s, 1) // FerretDB hangs on an update command with many statements
+	write(t, s, vers[0], copies[0])
+	res := write(t, s, vers[1], copies[1])
+	if res[0].Outcome != store.Minor || res[1].Outcome != store.Merged {
+		t.Fatalf("outcomes %v %v, want new_minor and merged", res[0].Outcome, res[1].Outcome)
+	}
+	if m := storedDoc(t, s, vers[1].ID); m["_rev"] != vers[1].Rev {
+		t.Errorf("stored _rev %v, want %v", m["_rev"], vers[1].Rev)
+	}
+}
+
+func TestPrune(t *testing.T) {
+	all := realDocs(t)
+	copies := pick(t, all, twoCollections)
+	ics, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, store.ModeAuto, "")
+	write(t, s, ics[:10]...)
+	write(t, s, copies...)
+	served := map[string]struct{}{}
+	for _, d := range ics[2:10] {
+		served[d.ID] = struct{}{}
+	}
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	res, err := s.Prune(context.Background(), "ics-attack", served, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Flagged) != 2 || res.Checked != 10 {
+		t.Fatalf("prune = %+v, want 2 flagged of 10", res)
+	}
+	if m := storedDoc(t, s, ics[0].ID); m[store.FieldRemoved] == nil {
+		t.Errorf("%s not flagged", ics[0].ID)
+	}
+	if m := storedDoc(t, s, ics[5].ID); m[store.FieldRemoved] != nil {
+		t.Errorf("served %s flagged", ics[5].ID)
+	}
+	// A full sync of mobile without the shared object detaches it from mobile only.
+	res, err = s.Prune(context.Background(), "mobile-attack", map[string]struct{}{}, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Detached) != 1 || len(res.Flagged) != 0 {
+		t.Fatalf("prune mobile = %+v, want 1 detached", res)
+	}
+	if got := fmt.Sprint(storedDoc(t, s, copies[0].ID)["collections"]); got != "[enterprise-attack]" {
+		t.Errorf("collections after detach = %s", got)
+	}
+	// Served again: the flag is cleared.
+	res2 := write(t, s, ics[0])
+	if res2[0].Outcome != store.Merged {
+		t.Errorf("re-served flagged document: %s, want merged", res2[0].Outcome)
+	}
+	if m := storedDoc(t, s, ics[0].ID); m[store.FieldRemoved] != nil {
+		t.Errorf("flag kept after the object was served again")
+	}
+}
+
+func TestEnsureIndexesIdempotent(t *testing.T) {
+	s := open(t, store.ModeAuto, "")
+	for i := range 2 {
+		rep, err := s.EnsureIndexes(context.Background())
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if !rep.TextSkipped {
+			t.Errorf("round %d: text index not reported skipped on FerretDB", i)
+		}
+		if len(rep.Created) < 18 {
+			t.Errorf("round %d: %d indexes, want at least 18", i, len(rep.Created))
+		}
+	}
+	if s.FerretDB() == "" || s.Mode() != store.ModeSingle {
+		t.Errorf("FerretDB %q mode %s: want FerretDB detected and single mode", s.FerretDB(),
+			s.Mode())
+	}
+}

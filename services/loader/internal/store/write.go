@@ -1,0 +1,566 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/attack-etl/attack-etl/shared/document"
+)
+
+// Outcome is what a write did to one document. Outcomes are exclusive: a new version that also
+// revokes the object counts as Revoked, one that deprecates it as Deprecated.
+type Outcome string
+
+// The outcomes of a write.
+const (
+	// Added: the id was new and the document was inserted.
+	Added Outcome = "added"
+	// Major and Minor: a newer version replaced the stored one; Major when the major part of
+	// x_mitre_version rose.
+	Major Outcome = "new_major"
+	Minor Outcome = "new_minor"
+	// Revoked and Deprecated: a newer version replaced the stored one and newly revoked or
+	// deprecated the object.
+	Revoked    Outcome = "revoked"
+	Deprecated Outcome = "deprecated"
+	// Merged: the same version was stored; the collections or domains serving it were
+	// extended, or its removed_from_source mark cleared.
+	Merged Outcome = "merged"
+	// Unchanged: the same version with the same collections was stored; nothing was written.
+	Unchanged Outcome = "unchanged"
+	// OutOfDate: a newer version was stored; the content was not written (its collections and
+	// domains are still merged in, so the result does not depend on arrival order).
+	OutOfDate Outcome = "out_of_date"
+	// Failed: the server refused the document; Result.Err says why.
+	Failed Outcome = "failed"
+)
+
+// Outcomes lists every outcome in report order.
+var Outcomes = []Outcome{
+	Added, Major, Minor, Revoked, Deprecated, Merged, Unchanged, OutOfDate, Failed,
+}
+
+// ErrContended is returned for a document that concurrent writers changed on every try.
+var ErrContended = errors.New("document kept changing under concurrent writers")
+
+// Result is the outcome of the write of one input document.
+type Result struct {
+	Outcome Outcome
+	// Err is set when Outcome is Failed: the server refused this document for a reason that is
+	// not an outage (a transient error fails the whole Write instead).
+	Err error
+}
+
+// Stats counts the work of one Write, for logs and benchmarks.
+type Stats struct {
+	Inserted, Conflicts, Reads, Writes, Retries int
+}
+
+// stored is the part of a stored document the conflict path reads.
+type stored struct {
+	ID          string   `bson:"_id"`
+	Rev         string   `bson:"_rev"`
+	Collections []string `bson:"collections"`
+	Domains     []string `bson:"domains"`
+	Version     string   `bson:"version"`
+	Revoked     bool     `bson:"revoked"`
+	Deprecated  bool     `bson:"deprecated"`
+	Removed     any      `bson:"removed_from_source"`
+}
+
+var storedProjection = bson.D{
+	{Key: "_rev", Value: 1}, {Key: "collections", Value: 1}, {Key: "domains", Value: 1},
+	{Key: "version", Value: 1}, {Key: "revoked", Value: 1}, {Key: "deprecated", Value: 1},
+	{Key: "removed_from_source", Value: 1},
+}
+
+// FieldRemoved is the field that flags a document its collections no longer serve.
+const FieldRemoved = "removed_from_source"
+
+// group is one id of a batch: the winning copy and the inputs it stands for.
+type group struct {
+	doc     document.Document
+	inputs  []int
+	outcome Outcome
+	err     error
+}
+
+// Write stores a batch of documents. Copies of one id in the batch are collapsed first (the
+// greatest _rev wins; the collections and domains of every copy are merged), new ids go in one
+// unordered bulk insert, and ids already stored take the conflict path: a read of their
+// version, then a guarded write only where it changes something.
+//
+// The result has one entry per input. A non-nil error means the batch could not be finished
+// (typically the server is unreachable); some documents may have been written, and writing the
+// batch again is safe.
+func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, Stats, error) {
+	var st Stats
+	groups := collapse(docs)
+	now := s.now()
+	for _, g := range groups {
+		g.doc.Provenance.LoadedAt = &now
+	}
+	conflicts, err := s.insert(ctx, groups, &st)
+	if err != nil {
+		return nil, st, err
+	}
+	if len(conflicts) > 0 {
+		if err := s.resolve(ctx, conflicts, &st); err != nil {
+			return nil, st, err
+		}
+	}
+	res := make([]Result, len(docs))
+	for _, g := range groups {
+		for k, i := range g.inputs {
+			r := Result{Outcome: g.outcome, Err: g.err}
+			if k > 0 && g.err == nil {
+				r.Outcome = copyOutcome(g, docs[i])
+			}
+			res[i] = r
+		}
+	}
+	return res, st, nil
+}
+
+// copyOutcome is the outcome reported for a further copy of an id in one batch.
+func copyOutcome(g *group, d document.Document) Outcome {
+	switch {
+	case d.Rev < g.doc.Rev:
+		return OutOfDate
+	case g.outcome == Unchanged || g.outcome == OutOfDate:
+		return g.outcome
+	default:
+		return Merged
+	}
+}
+
+// collapse groups the documents by id, in first-seen order.
+func collapse(docs []document.Document) []*group {
+	byID := make(map[string]*group, len(docs))
+	var out []*group
+	for i, d := range docs {
+		g, ok := byID[d.ID]
+		if !ok {
+			d.Collections = document.SortedUnion(d.Collections)
+			d.Domains = document.SortedUnion(d.Domains)
+			g = &group{doc: d, inputs: []int{i}}
+			byID[d.ID] = g
+			out = append(out, g)
+			continue
+		}
+		g.inputs = append(g.inputs, i)
+		cols := document.SortedUnion(g.doc.Collections, d.Collections)
+		doms := document.SortedUnion(g.doc.Domains, d.Domains)
+		if d.Rev > g.doc.Rev {
+			g.doc = d
+		}
+		g.doc.Collections, g.doc.Domains = cols, doms
+	}
+	return out
+}
+
+// insert bulk-inserts every group and returns the groups whose id was already stored.
+func (s *Store) insert(ctx context.Context, groups []*group, st *Stats) ([]*group, error) {
+	if len(groups) == 0 {
+		return nil, nil
+	}
+	docs := make([]any, len(groups))
+	for i, g := range groups {
+		docs[i] = g.doc
+	}
+	_, err := s.coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	for _, g := range groups {
+		g.outcome = Added
+	}
+	if err == nil {
+		st.Inserted += len(groups)
+		return nil, nil
+	}
+	var bwe mongo.BulkWriteException
+	if !errors.As(err, &bwe) || len(bwe.WriteErrors) == 0 || bwe.WriteConcernError != nil {
+		return nil, fmt.Errorf("insert %d documents: %w", len(groups), err)
+	}
+	var conflicts []*group
+	for _, we := range bwe.WriteErrors {
+		if we.Index < 0 || we.Index >= len(groups) {
+			return nil, fmt.Errorf("insert %d documents: write error for index %d: %w",
+				len(groups), we.Index, err)
+		}
+		g := groups[we.Index]
+		if isDuplicate(we.Code, we.Message) {
+			conflicts = append(conflicts, g)
+			continue
+		}
+		g.outcome, g.err = Failed, fmt.Errorf("insert %s: %s (code %d)", g.doc.ID, we.Message,
+			we.Code)
+	}
+	st.Inserted += len(groups) - len(bwe.WriteErrors)
+	st.Conflicts += len(conflicts)
+	return conflicts, nil
+}
+
+func isDuplicate(code int, msg string) bool {
+	return code == 11000 || code == 11001 || code == 12582 ||
+		(code == 0 && strings.Contains(msg, "E11000"))
+}
+
+// plan is the write one conflicting document needs.
+type plan struct {
+	g       *group
+	state   stored
+	outcome Outcome
+	// filter selects the stored version the decision was made on; nil means no write.
+	filter bson.D
+	// update is a $set/$unset update, or replacement a whole new document.
+	update      bson.D
+	replacement *document.Document
+	// insert is set when the id is not stored any more: the document is inserted again.
+	insert bool
+}
+
+// decide chooses the write for one document given what is stored (nil when nothing is).
+func decide(g *group, cur *stored) plan {
+	d := g.doc
+	if cur == nil {
+		return plan{g: g, outcome: Added, insert: true}
+	}
+	p := plan{g: g, state: *cur}
+	cols := document.SortedUnion(cur.Collections, d.Collections)
+	doms := document.SortedUnion(cur.Domains, d.Domains)
+	sameLists := slices.Equal(cols, document.SortedUnion(cur.Collections)) &&
+		slices.Equal(doms, document.SortedUnion(cur.Domains))
+	switch {
+	case d.Rev < cur.Rev || (d.Rev == cur.Rev && sameLists && cur.Removed == nil):
+		p.outcome = OutOfDate
+		if d.Rev == cur.Rev {
+			p.outcome = Unchanged
+		}
+		if sameLists {
+			return p
+		}
+		p.filter = casFilter(cur)
+		p.update = bson.D{{Key: "$set", Value: listsSet(cols, doms)}}
+	case d.Rev == cur.Rev:
+		p.outcome = Merged
+		p.filter = casFilter(cur)
+		p.update = bson.D{{Key: "$set", Value: listsSet(cols, doms)}}
+		if cur.Removed != nil {
+			p.update = append(p.update, bson.E{Key: "$unset", Value: bson.D{{Key: FieldRemoved, Value: ""}}})
+		}
+	default:
+		nd := d
+		nd.Collections, nd.Domains = cols, doms
+		p.outcome = versionOutcome(cur, &nd)
+		p.filter = bson.D{{Key: "_id", Value: cur.ID}, {Key: "_rev", Value: cur.Rev}}
+		p.replacement = &nd
+	}
+	return p
+}
+
+// casFilter matches the stored document only while its version, collections and domains are
+// those the decision was made on.
+func casFilter(cur *stored) bson.D {
+	f := bson.D{{Key: "_id", Value: cur.ID}, {Key: "_rev", Value: cur.Rev}}
+	f = append(f, listFilter("collections", cur.Collections), listFilter("domains", cur.Domains))
+	return f
+}
+
+func listFilter(field string, v []string) bson.E {
+	if len(v) == 0 {
+		// Matches a missing field, null, or an empty array.
+		return bson.E{Key: field, Value: bson.D{{Key: "$in", Value: bson.A{nil, bson.A{}}}}}
+	}
+	return bson.E{Key: field, Value: v}
+}
+
+func listsSet(cols, doms []string) bson.D {
+	set := bson.D{{Key: "collections", Value: cols}}
+	if len(doms) > 0 {
+		set = append(set, bson.E{Key: "domains", Value: doms})
+	}
+	return set
+}
+
+// versionOutcome classifies a replacement of cur by d.
+func versionOutcome(cur *stored, d *document.Document) Outcome {
+	switch {
+	case d.Revoked && !cur.Revoked:
+		return Revoked
+	case d.Deprecated && !cur.Deprecated:
+		return Deprecated
+	case majorOf(d.Version) > majorOf(cur.Version):
+		return Major
+	default:
+		return Minor
+	}
+}
+
+// majorOf returns the major part of an x_mitre_version such as "2.1", or -1.
+func majorOf(v string) int {
+	head, _, _ := strings.Cut(strings.TrimSpace(v), ".")
+	n, err := strconv.Atoi(head)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// resolve decides and writes every conflicting group.
+func (s *Store) resolve(ctx context.Context, gs []*group, st *Stats) error {
+	ids := make([]string, len(gs))
+	for i, g := range gs {
+		ids[i] = g.doc.ID
+	}
+	cur, err := s.readStored(ctx, ids)
+	st.Reads++
+	if err != nil {
+		return err
+	}
+	plans := make([]plan, 0, len(gs))
+	for _, g := range gs {
+		var c *stored
+		if v, ok := cur[g.doc.ID]; ok {
+			c = &v
+		}
+		p := decide(g, c)
+		g.outcome = p.outcome
+		if p.filter != nil || p.insert {
+			plans = append(plans, p)
+		}
+	}
+	if len(plans) == 0 {
+		return nil
+	}
+	if s.mode == ModeBulk {
+		return s.writeBulk(ctx, plans, st)
+	}
+	return s.writeSingle(ctx, plans, st)
+}
+
+func (s *Store) readStored(ctx context.Context, ids []string) (map[string]stored, error) {
+	cur, err := s.coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
+		options.Find().SetProjection(storedProjection))
+	if err != nil {
+		return nil, fmt.Errorf("read %d stored versions: %w", len(ids), err)
+	}
+	var got []stored
+	if err := cur.All(ctx, &got); err != nil {
+		return nil, fmt.Errorf("read %d stored versions: %w", len(ids), err)
+	}
+	out := make(map[string]stored, len(got))
+	for _, g := range got {
+		out[g.ID] = g
+	}
+	return out, nil
+}
+
+func (s *Store) readOne(ctx context.Context, id string) (*stored, error) {
+	var c stored
+	err := s.coll.FindOne(ctx, bson.D{{Key: "_id", Value: id}},
+		options.FindOne().SetProjection(storedProjection)).Decode(&c)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read stored version of %s: %w", id, err)
+	}
+	return &c, nil
+}
+
+// writeSingle runs the plans one statement per command, s.conc at once.
+func (s *Store) writeSingle(ctx context.Context, plans []plan, st *Stats) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	work := make(chan plan)
+	for range min(s.conc, len(plans)) {
+		wg.Go(func() {
+			var local Stats
+			for p := range work {
+				if err := s.apply(ctx, p, &local); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+			mu.Lock()
+			st.Writes += local.Writes
+			st.Reads += local.Reads
+			st.Retries += local.Retries
+			mu.Unlock()
+		})
+	}
+	for _, p := range plans {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	return first
+}
+
+// apply writes one plan, re-reading and deciding again while concurrent writers win the race.
+// A refusal by the server marks the group failed; an outage is returned.
+func (s *Store) apply(ctx context.Context, p plan, st *Stats) error {
+	for try := 0; try < s.tries; try++ {
+		if try > 0 {
+			st.Retries++
+			st.Reads++
+			cur, err := s.readOne(ctx, p.g.doc.ID)
+			if err != nil {
+				return err
+			}
+			p = decide(p.g, cur)
+			p.g.outcome = p.outcome
+			if p.filter == nil && !p.insert {
+				return nil
+			}
+		}
+		st.Writes++
+		ok, err := s.writeOne(ctx, p)
+		if err != nil {
+			var we mongo.WriteException
+			if errors.As(err, &we) && len(we.WriteErrors) > 0 {
+				if p.insert && isDuplicate(we.WriteErrors[0].Code, we.WriteErrors[0].Message) {
+					continue
+				}
+				p.g.outcome, p.g.err = Failed, fmt.Errorf("write %s: %w", p.g.doc.ID, err)
+				return nil
+			}
+			return fmt.Errorf("write %s: %w", p.g.doc.ID, err)
+		}
+		if ok {
+			return nil
+		}
+	}
+	p.g.outcome = Failed
+	p.g.err = fmt.Errorf("%w: %s after %d tries", ErrContended, p.g.doc.ID, s.tries)
+	return nil
+}
+
+// writeOne sends one plan; false means its filter matched nothing (a concurrent writer won).
+func (s *Store) writeOne(ctx context.Context, p plan) (bool, error) {
+	switch {
+	case p.insert:
+		_, err := s.coll.InsertOne(ctx, p.g.doc)
+		return err == nil, err
+	case p.replacement != nil:
+		r, err := s.coll.ReplaceOne(ctx, p.filter, p.replacement)
+		if err != nil {
+			return false, err
+		}
+		return r.MatchedCount == 1, nil
+	default:
+		r, err := s.coll.UpdateOne(ctx, p.filter, p.update)
+		if err != nil {
+			return false, err
+		}
+		return r.MatchedCount == 1, nil
+	}
+}
+
+// bulkModels builds the models of one unordered BulkWrite.
+func bulkModels(plans []plan) []mongo.WriteModel {
+	models := make([]mongo.WriteModel, 0, len(plans))
+	for _, p := range plans {
+		switch {
+		case p.insert:
+			models = append(models, mongo.NewInsertOneModel().SetDocument(p.g.doc))
+		case p.replacement != nil:
+			models = append(models, mongo.NewReplaceOneModel().SetFilter(p.filter).
+				SetReplacement(p.replacement))
+		default:
+			models = append(models, mongo.NewUpdateOneModel().SetFilter(p.filter).
+				SetUpdate(p.update))
+		}
+	}
+	return models
+}
+
+// writeBulk sends the plans as unordered BulkWrites. When fewer filters matched than were
+// sent, or some models failed, the plans of that chunk are checked and redone one by one.
+func (s *Store) writeBulk(ctx context.Context, plans []plan, st *Stats) error {
+	for start := 0; start < len(plans); start += s.bulkChunk {
+		chunk := plans[start:min(start+s.bulkChunk, len(plans))]
+		var want int64
+		for _, p := range chunk {
+			if !p.insert {
+				want++
+			}
+		}
+		st.Writes++
+		r, err := s.coll.BulkWrite(ctx, bulkModels(chunk), options.BulkWrite().SetOrdered(false))
+		if err != nil {
+			var bwe mongo.BulkWriteException
+			if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
+				return fmt.Errorf("bulk write of %d documents: %w", len(chunk), err)
+			}
+		}
+		if err == nil && r.MatchedCount == want && r.InsertedCount == int64(len(chunk))-want {
+			continue
+		}
+		for _, p := range chunk {
+			if err := s.verify(ctx, p, st); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// verify checks that a plan of a bulk write took effect, and redoes it alone when not.
+func (s *Store) verify(ctx context.Context, p plan, st *Stats) error {
+	st.Reads++
+	cur, err := s.readOne(ctx, p.g.doc.ID)
+	if err != nil {
+		return err
+	}
+	if applied(p, cur) {
+		return nil
+	}
+	st.Retries++
+	next := decide(p.g, cur)
+	p.g.outcome = next.outcome
+	if next.filter == nil && !next.insert {
+		return nil
+	}
+	return s.apply(ctx, next, st)
+}
+
+// applied reports whether the stored state already holds what the plan wrote.
+func applied(p plan, cur *stored) bool {
+	if cur == nil {
+		return false
+	}
+	want := p.g.doc
+	cols := document.SortedUnion(p.state.Collections, want.Collections)
+	doms := document.SortedUnion(p.state.Domains, want.Domains)
+	if p.replacement == nil && !p.insert {
+		// A $set keeps the stored rev.
+		return cur.Rev == p.state.Rev && cur.Removed == nil &&
+			slices.Equal(cur.Collections, cols) && slices.Equal(document.SortedUnion(cur.Domains), doms)
+	}
+	return cur.Rev == want.Rev && cur.Removed == nil &&
+		isSubset(cols, cur.Collections) && isSubset(doms, cur.Domains)
+}
+
+func isSubset(small, big []string) bool {
+	for _, v := range small {
+		if !slices.Contains(big, v) {
+			return false
+		}
+	}
+	return true
+}
