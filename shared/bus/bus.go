@@ -121,6 +121,9 @@ func ParseRawSubject(subject string) (collection, stixID string, ok bool) {
 	return collection, stixID, ok && collection != "" && stixID != ""
 }
 
+// CtlFilter returns the subject filter of every control event.
+func CtlFilter() string { return ctlPrefix + ">" }
+
 // IsCtlSubject tells whether a subject of the raw stream carries a control event.
 func IsCtlSubject(subject string) bool { return strings.HasPrefix(subject, ctlPrefix) }
 

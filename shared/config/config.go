@@ -224,3 +224,22 @@ func EnvExample(keys []Key) string {
 	}
 	return b.String()
 }
+
+// MarkdownTable renders keys as a Markdown table (key, default, meaning), one section per group,
+// for the README.
+func MarkdownTable(keys []Key) string {
+	var b strings.Builder
+	group := "\x00"
+	for _, k := range keys {
+		if k.Group != group {
+			group = k.Group
+			fmt.Fprintf(&b, "\n**%s**\n\n| key | default | meaning |\n| --- | --- | --- |\n", group)
+		}
+		def := "`" + k.Default + "`"
+		if k.Default == "" {
+			def = "(empty)"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", k.Name, def, strings.ReplaceAll(k.Usage, "|", "\\|"))
+	}
+	return b.String()
+}

@@ -126,6 +126,10 @@ var Loader = []Key{
 		Usage: "Deliveries of a document before it is dead-lettered with the last error."},
 	{Name: "LOADER_RETRY_MAX", Default: "30s", Group: GroupLoader,
 		Usage: "Longest back-off wait between attempts while MongoDB is unreachable."},
+	{Name: "LOADER_BACKOFF", Default: "", Group: GroupLoader,
+		Usage: "Comma-separated redelivery delays after failed deliveries (the consumer's BackOff, such as 5s,30s,2m); empty doubles from 2s."},
+	{Name: "LOADER_PROGRESS_EVERY", Default: "5s", Group: GroupLoader,
+		Usage: "How often the loader logs its progress and the change report so far."},
 }
 
 // Mirror holds the keys of the project's TAXII 2.1 server.

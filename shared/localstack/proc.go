@@ -39,6 +39,7 @@ type Proc struct {
 	done     chan struct{}
 	exitCode int
 	exited   bool
+	maxRSS   int64
 }
 
 // Start starts the process and waits until its address accepts connections or ctx ends.
@@ -70,6 +71,9 @@ func (p *Proc) Start(ctx context.Context) error {
 		logf.Close()
 		p.mu.Lock()
 		p.exited, p.exitCode = true, cmd.ProcessState.ExitCode()
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			p.maxRSS = ru.Maxrss * 1024
+		}
 		p.mu.Unlock()
 		close(done)
 	}()
@@ -109,6 +113,13 @@ func (p *Proc) Wait(ctx context.Context) (int, error) {
 	case <-ctx.Done():
 		return 0, fmt.Errorf("wait for %s: %w", p.Name, ctx.Err())
 	}
+}
+
+// MaxRSS returns the peak resident memory of the last run in bytes, known once it has ended.
+func (p *Proc) MaxRSS() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.maxRSS
 }
 
 // ExitCode returns the exit status of the last run and whether that run has ended.

@@ -5,12 +5,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,6 +182,8 @@ func (e *env) start(name, bin string, extra []string, args ...string) *localstac
 type runResult struct {
 	code           int
 	stdout, stderr string
+	// maxRSS is the peak resident memory of the process in bytes.
+	maxRSS int64
 }
 
 // run runs a command to its end with the test's environment.
@@ -193,6 +197,11 @@ func (e *env) run(timeout time.Duration, bin string, extra []string, args ...str
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	res := runResult{stdout: out.String(), stderr: errb.String()}
+	if cmd.ProcessState != nil {
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			res.maxRSS = ru.Maxrss * 1024
+		}
+	}
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
 			res.code = ee.ExitCode()
@@ -321,3 +330,26 @@ func get(d bson.M, field string) any {
 
 // bus names used by the tests.
 var _ = bus.StreamRaw
+
+// countInLog returns the last value of a numeric field in a JSON log, 0 when no line has it.
+func countInLog(t testing.TB, path, field string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read log: %v", err)
+	}
+	last := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, `"`+field+`"`) {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		if v, ok := m[field].(float64); ok {
+			last = int(v)
+		}
+	}
+	return last
+}

@@ -91,6 +91,7 @@ func TestRunCommandLoadsEveryObject(t *testing.T) {
 		}
 	}
 	checkKnownDocuments(t, docs)
+	t.Run("documented queries", func(t *testing.T) { checkQueries(t, e.stack.MongoURI, e.db) })
 
 	// An id served by three collections names all of them.
 	shared := docs["marking-definition--fa42a846-8d90-4e51-bc29-71d5b4802168"]

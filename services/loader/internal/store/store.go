@@ -192,24 +192,39 @@ type IndexReport struct {
 // created where the server supports it; elsewhere it is skipped and reported.
 func (s *Store) EnsureIndexes(ctx context.Context) (IndexReport, error) {
 	var rep IndexReport
-	models := make([]mongo.IndexModel, 0, len(indexedFields))
-	for _, f := range indexedFields {
-		models = append(models, mongo.IndexModel{Keys: bson.D{{Key: f, Value: 1}}})
-	}
-	names, err := s.coll.Indexes().CreateMany(ctx, models)
+	have, err := s.indexNames(ctx)
 	if err != nil {
-		return rep, fmt.Errorf("create indexes on %s: %w", s.coll.Name(), err)
+		return rep, err
 	}
-	rep.Created = names
+	// Only missing indexes are asked for: FerretDB v1 drops the connection when asked to
+	// create an index that exists.
+	var models []mongo.IndexModel
+	for _, f := range indexedFields {
+		name := f + "_1"
+		rep.Created = append(rep.Created, name)
+		if !have[name] {
+			models = append(models, mongo.IndexModel{Keys: bson.D{{Key: f, Value: 1}},
+				Options: options.Index().SetName(name)})
+		}
+	}
+	if len(models) > 0 {
+		if _, err := s.coll.Indexes().CreateMany(ctx, models); err != nil {
+			return rep, fmt.Errorf("create indexes on %s: %w", s.coll.Name(), err)
+		}
+	}
 	if s.ferret != "" {
 		// FerretDB v1 has no text indexes, and asking for one answers IndexNotFound and then
 		// drops the connection (a panic in the server), so it is not even tried.
 		rep.TextSkipped, rep.TextError = true, "FerretDB "+s.ferret+" has no text indexes"
 		return rep, nil
 	}
+	if have[textIndex] {
+		rep.Created = append(rep.Created, textIndex)
+		return rep, nil
+	}
 	text := mongo.IndexModel{
 		Keys:    bson.D{{Key: "name", Value: "text"}, {Key: "description", Value: "text"}},
-		Options: options.Index().SetName("text_name_description"),
+		Options: options.Index().SetName(textIndex),
 	}
 	name, err := s.coll.Indexes().CreateOne(ctx, text)
 	if err != nil {
@@ -222,4 +237,24 @@ func (s *Store) EnsureIndexes(ctx context.Context) (IndexReport, error) {
 	}
 	rep.Created = append(rep.Created, name)
 	return rep, nil
+}
+
+const textIndex = "text_name_description"
+
+func (s *Store) indexNames(ctx context.Context) (map[string]bool, error) {
+	cur, err := s.coll.Indexes().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list indexes of %s: %w", s.coll.Name(), err)
+	}
+	var specs []struct {
+		Name string `bson:"name"`
+	}
+	if err := cur.All(ctx, &specs); err != nil {
+		return nil, fmt.Errorf("list indexes of %s: %w", s.coll.Name(), err)
+	}
+	out := make(map[string]bool, len(specs))
+	for _, sp := range specs {
+		out[sp.Name] = true
+	}
+	return out, nil
 }

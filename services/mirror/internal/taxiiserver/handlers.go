@@ -155,7 +155,7 @@ func writeError(w http.ResponseWriter, status int, title, description string) {
 
 // writeJSON answers with a JSON document as TAXII.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
+	body, err := marshal(v)
 	if err != nil {
 		status = http.StatusInternalServerError
 		body = []byte(`{"title":"Internal Server Error","http_status":"500"}`)
@@ -164,6 +164,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// marshal encodes v as JSON without escaping &, < and > (titles such as "ICS ATT&CK").
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // writeQueryError answers a failed page selection.
@@ -368,7 +379,7 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request, c *Collection)
 		if buf.Len() > 1 {
 			buf.WriteByte(',')
 		}
-		body, _ := json.Marshal(records)
+		body, _ := marshal(records)
 		buf.WriteString(`"objects":`)
 		buf.Write(body)
 	}

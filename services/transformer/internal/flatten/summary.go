@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/attack-etl/attack-etl/shared/document"
 	"github.com/attack-etl/attack-etl/shared/stix"
@@ -33,13 +34,17 @@ func (s Summary) SameEnd(o Summary) bool {
 		s.Revoked == o.Revoked && s.Deprecated == o.Deprecated && s.Modified == o.Modified
 }
 
+// unknownStamp stands for the version of an end not seen yet: it has the width of a sortable
+// stamp and sorts before every real one, so that derived stamps compare field by field.
+var unknownStamp = strings.Repeat("0", len("2006-01-02T15:04:05.000000000Z"))
+
 // ApplyEnds fills a relationship document's end fields from the ends' summaries (nil when the
 // end is not known yet), sets Active, and returns the derived stamp for Seal: the sortable
-// modified stamps of the source and target ends joined by ','. Empty stamps sort first and the
-// stamps have a fixed width, so a document made with newer or more end information always has
-// the greater stamp.
+// modified stamps of the source and target ends joined by ','. An unknown end's stamp is all
+// zeros and every stamp has the same width, so a document made with newer or more end
+// information always has the greater stamp, whatever follows it in the rev.
 func ApplyEnds(d *document.Document, src, tgt *Summary) string {
-	var ss, ts string
+	ss, ts := unknownStamp, unknownStamp
 	active := !d.Revoked && !d.Deprecated
 	if src != nil {
 		d.SourceType, d.SourceAttackID, d.SourceName = src.Type, src.AttackID, src.Name
@@ -79,11 +84,15 @@ func RevokedByOf(d *document.Document) (RevokedBy, bool) {
 	return RevokedBy{By: d.TargetRef, Relationship: d.ID, Modified: stamp}, true
 }
 
-// ApplyRevokedBy sets a revoked object's RevokedBy and returns the derived stamp for Seal
-// ("rb" and the relationship's stamp), or "" when the link does not apply.
+// ApplyRevokedBy sets a revoked object's RevokedBy and returns the derived stamp for Seal: for
+// a revoked object "rb" and the link's stamp (all zeros while no link is known), so that the
+// document that knows the replacement has the greater rev; "" for other objects.
 func ApplyRevokedBy(d *document.Document, rb *RevokedBy) string {
-	if rb == nil || !d.Revoked || d.Type == "relationship" {
+	if !d.Revoked || d.Type == "relationship" {
 		return ""
+	}
+	if rb == nil {
+		return "rb" + unknownStamp
 	}
 	d.RevokedBy = rb.By
 	return "rb" + rb.Modified

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
+	"github.com/attack-etl/attack-etl/services/extractor/internal/taxii"
+	"github.com/attack-etl/attack-etl/services/extractor/internal/taxiitest"
+	"github.com/attack-etl/attack-etl/shared/bus"
+)
+
+const icsID = "x-mitre-collection--90c00720-636b-4485-b342-8751d232bf09"
+
+func icsCollection(t *testing.T, path string) *taxiitest.Collection {
+	t.Helper()
+	c, err := taxiitest.Bundle(path, icsID, "ICS ATT&CK")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// rawCount returns the number of raw object messages of a collection in the stream.
+func rawCount(t *testing.T, js jetstream.JetStream, key string) uint64 {
+	t.Helper()
+	st, err := js.Stream(context.Background(), bus.StreamRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(bus.RawFilter(key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n
+}
+
+func args(natsURL string, extra ...string) []string {
+	return append([]string{"--nats-url", natsURL, "--log-level", "warn", "--log-format", "json",
+		"--taxii-retry-base", "1ms", "--taxii-retries", "2", "--taxii-timeout", "5s"}, extra...)
+}
+
+func TestMainSyncsAndUpgrades(t *testing.T) {
+	for _, mode := range []struct {
+		name  string
+		mitre bool
+	}{{"standard TAXII 2.1 server with small pages", false},
+		{"MITRE-like server: whole collection, created-based dates", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			ns := natstest.Start(t)
+			srv := taxiitest.New(icsCollection(t, "testdata/ics-18.0-slice.json"))
+			defer srv.Close()
+			srv.MITRE = mode.mitre
+			srv.MaxPage = 8
+			ctx := context.Background()
+			steps := []struct {
+				name    string
+				bundle  string
+				wantNew uint64
+			}{
+				{"first run publishes all 30", "", 30},
+				{"second run publishes nothing", "", 30},
+				{"18.1 publishes the 10 changed objects", "testdata/ics-18.1-slice.json", 40},
+			}
+			for _, st := range steps {
+				if st.bundle != "" {
+					srv.Lock()
+					srv.Collections = []*taxiitest.Collection{icsCollection(t, st.bundle)}
+					srv.Unlock()
+				}
+				before := srv.Requests()
+				if err := Main(ctx, args(ns.URL, "--taxii-api-url", srv.RootURL(),
+					"--raw-history", "5")); err != nil {
+					t.Fatalf("%s: %v", st.name, err)
+				}
+				// RAW_HISTORY 5 keeps every version, so the stream counts each publish.
+				if got := rawCount(t, ns.JS, "ics-attack"); got != st.wantNew {
+					t.Fatalf("%s: raw messages %d, want %d", st.name, got, st.wantNew)
+				}
+				if mode.mitre {
+					// One request lists the collections, one reads the whole collection.
+					if got := srv.Requests() - before; got != 2 {
+						t.Errorf("%s: %d requests, want 2: %v", st.name, got, srv.Log())
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestMainBundleSource(t *testing.T) {
+	ns := natstest.Start(t)
+	err := Main(context.Background(), args(ns.URL, "--source-bundle",
+		"testdata/ics-18.1-slice.json.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rawCount(t, ns.JS, "ics-attack"); got != 30 {
+		t.Fatalf("raw messages %d, want 30", got)
+	}
+}
+
+func TestMainFailures(t *testing.T) {
+	ns := natstest.Start(t)
+	down := taxiitest.New()
+	downURL := down.RootURL()
+	down.Close()
+	failing := taxiitest.New()
+	defer failing.Close()
+	failing.Fault = func(w http.ResponseWriter, _ *http.Request) bool {
+		http.Error(w, "upstream broke", http.StatusBadGateway)
+		return true
+	}
+	html := taxiitest.New()
+	defer html.Close()
+	html.Fault = func(w http.ResponseWriter, _ *http.Request) bool {
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = w.Write([]byte("<!DOCTYPE html><title>Sign in</title>"))
+		return true
+	}
+	tests := []struct {
+		name     string
+		url      string
+		wantErr  error
+		wantText []string
+	}{
+		{name: "TAXII server unreachable: retried, then an error naming the URL",
+			url: downURL, wantText: []string{downURL, "3 attempts"}},
+		{name: "TAXII server answers 502 after retries: error names URL and status",
+			url: failing.RootURL(), wantErr: taxii.ErrStatus,
+			wantText: []string{failing.RootURL() + "collections/", "502", "upstream broke"}},
+		{name: "login portal answers HTML with 200", url: html.RootURL(),
+			wantErr: taxii.ErrNotTAXII, wantText: []string{"Sign in"}},
+		{name: "retired TAXII 2.0 server fails fast with a hint",
+			url: "https://cti-taxii.mitre.org/taxii/", wantErr: taxii.ErrRetired,
+			wantText: []string{taxii.MITREURL}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := Main(ctx, args(ns.URL, "--taxii-api-url", tc.url))
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("error = %v, want %v", err, tc.wantErr)
+			}
+			for _, s := range tc.wantText {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+		})
+	}
+}

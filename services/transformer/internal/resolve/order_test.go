@@ -1,0 +1,172 @@
+package resolve_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/attack-etl/attack-etl/services/transformer/internal/rawtest"
+	"github.com/attack-etl/attack-etl/services/transformer/internal/resolve"
+	"github.com/attack-etl/attack-etl/shared/document"
+)
+
+var fixedNow = func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) }
+
+// final is what the loader keeps of one id: the document with the greatest rev, with the
+// collections and domains of every copy merged.
+type final struct {
+	doc         document.Document
+	collections []string
+	domains     []string
+}
+
+// feed runs every message through a fresh resolver whose raw source holds all of them, as the
+// raw stream does, and returns what the loader would keep per id, and the documents per
+// (collection, id) emitted last for the object itself.
+func feed(t testing.TB, msgs []resolve.RawMsg) (map[string]*final, int) {
+	t.Helper()
+	raw := resolve.NewMemRaw()
+	for _, m := range msgs {
+		raw.Add(m)
+	}
+	r := &resolve.Resolver{Store: resolve.NewMemStore(), Raw: raw, SchemaVersion: 1, Now: fixedNow}
+	out := map[string]*final{}
+	emitted := 0
+	for _, m := range msgs {
+		res, err := r.Process(context.Background(), m)
+		if err != nil {
+			t.Fatalf("process %s: %v", m.Subject, err)
+		}
+		if res.Dead != nil {
+			t.Fatalf("%s dead-lettered: %s", m.Subject, res.Dead.Reason)
+		}
+		for _, o := range res.Outputs {
+			emitted++
+			f, ok := out[o.Doc.ID]
+			if !ok {
+				f = &final{doc: *o.Doc}
+				out[o.Doc.ID] = f
+			} else if o.Doc.Rev > f.doc.Rev {
+				f.doc = *o.Doc
+			}
+			f.collections = document.SortedUnion(f.collections, o.Doc.Collections)
+			f.domains = document.SortedUnion(f.domains, o.Doc.Domains)
+		}
+	}
+	return out, emitted
+}
+
+func reversed(msgs []resolve.RawMsg) []resolve.RawMsg {
+	r := slices.Clone(msgs)
+	slices.Reverse(r)
+	return r
+}
+
+// canonical renders what a stored document says, without the per-copy fields.
+func canonical(t testing.TB, f *final) string {
+	t.Helper()
+	d := f.doc
+	d.Collections, d.Domains = f.collections, f.domains
+	d.Provenance = document.Provenance{} // per copy: source and run of the copy that won
+	b, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func compareOrders(t *testing.T, msgs []resolve.RawMsg) map[string]*final {
+	t.Helper()
+	fwd, n1 := feed(t, msgs)
+	rev, n2 := feed(t, reversed(msgs))
+	t.Logf("%d raw messages, %d ids; %d documents emitted forward, %d reversed",
+		len(msgs), len(fwd), n1, n2)
+	if len(fwd) != len(rev) {
+		t.Fatalf("forward gives %d ids, reversed %d", len(fwd), len(rev))
+	}
+	diffs := 0
+	for id, f := range fwd {
+		r, ok := rev[id]
+		if !ok {
+			t.Errorf("%s missing in reversed order", id)
+			continue
+		}
+		if a, b := canonical(t, f), canonical(t, r); a != b {
+			diffs++
+			if diffs <= 3 {
+				t.Errorf("%s differs by order:\nforward  %s\nreversed %s", id, a, b)
+			}
+		}
+	}
+	if diffs > 0 {
+		t.Errorf("%d of %d documents depend on the order", diffs, len(fwd))
+	}
+	return fwd
+}
+
+func TestOrderIndependenceSlice(t *testing.T) {
+	msgs, err := rawtest.Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := compareOrders(t, msgs)
+
+	// Every relationship of the slice has both ends in the slice: all must be resolved.
+	rels := 0
+	for id, f := range got {
+		d := f.doc
+		if d.Type != "relationship" {
+			continue
+		}
+		rels++
+		if d.SourceName == "" || d.TargetName == "" || d.SourceType == "" || d.TargetType == "" {
+			t.Errorf("%s: ends not resolved: source %q/%q target %q/%q", id, d.SourceType,
+				d.SourceName, d.TargetType, d.TargetName)
+		}
+	}
+	if rels == 0 {
+		t.Fatal("the slice has no relationship")
+	}
+	// T1143 is revoked by T1564.001 (a revoked-by relationship of the slice).
+	var revoked int
+	for _, f := range got {
+		if f.doc.Revoked && f.doc.Type == "attack-pattern" {
+			revoked++
+			if f.doc.RevokedBy == "" || f.doc.Active {
+				t.Errorf("%s (%s): revoked_by %q, active %v", f.doc.ID, f.doc.AttackID,
+					f.doc.RevokedBy, f.doc.Active)
+			}
+		}
+	}
+	if revoked == 0 {
+		t.Fatal("the slice has no revoked technique")
+	}
+}
+
+func TestOrderIndependenceRealBundles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode")
+	}
+	msgs, ok, err := rawtest.Real()
+	if !ok {
+		t.Skip("real bundles absent in " + rawtest.AttackDir)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := compareOrders(t, msgs)
+	if len(got) != 28986 {
+		t.Errorf("got %d ids, want 28986", len(got))
+	}
+	unresolved := 0
+	for _, f := range got {
+		if f.doc.Type == "relationship" && (f.doc.SourceName == "" || f.doc.TargetName == "") {
+			unresolved++
+		}
+	}
+	if unresolved > 0 {
+		t.Errorf("%d relationships have an unresolved end", unresolved)
+	}
+}
