@@ -3,6 +3,8 @@
 #   - docker-compose.yml alone, with the offline profile, and with docker-compose.offline.yml,
 #     through `docker-compose config` (Debian's docker-compose package, installed with apt-get
 #     when it is missing and the script runs as root) or the `docker compose` plugin;
+#   - the same three ways through Docker Compose v2's loader (deployments/composecheck), when
+#     Go is available;
 #   - the files the stack mounts or builds from exist;
 #   - the four service Dockerfiles keep the same shape (static build, distroless nonroot,
 #     STOPSIGNAL, HEALTHCHECK through the binary's --healthcheck);
@@ -89,6 +91,33 @@ offline=$(config "offline override" -f docker-compose.yml -f docker-compose.offl
 grep -q "TAXII_API_URL: http://mirror:8000/" <<<"$offline" ||
 	fail "docker-compose.offline.yml: the extractor does not read the mirror"
 say "docker-compose.yml + docker-compose.offline.yml --profile offline: ok"
+
+# The same files through Docker Compose v2's own loader (compose-go), which also catches what v1
+# lets through: a dependency on a service no active profile enables, host port clashes.
+if command -v go >/dev/null 2>&1; then
+	bin=$(mktemp -d "${TMPDIR:-/tmp}/composecheck.XXXXXX")
+	if ! (cd deployments/composecheck && GOWORK=off GOFLAGS=-mod=readonly \
+		go build -o "$bin/composecheck" .); then
+		rm -rf "$bin"
+		fail "could not build deployments/composecheck"
+	fi
+	v2() { # v2 <label> <composecheck arguments...>
+		local label=$1
+		shift
+		if ! (cd "$work" && env -u COMPOSE_FILE -u COMPOSE_PROFILES "$bin/composecheck" "$@" \
+			>/dev/null); then
+			rm -rf "$bin"
+			fail "$label: compose v2 loader failed"
+		fi
+	}
+	v2 "docker-compose.yml" -f docker-compose.yml
+	v2 "offline profile" -f docker-compose.yml -profile offline
+	v2 "offline override" -f docker-compose.yml -f docker-compose.offline.yml -profile offline
+	rm -rf "$bin"
+	say "compose v2 loader (compose-go): ok"
+else
+	say "compose v2 loader: not checked, no go"
+fi
 
 # --- Dockerfiles ------------------------------------------------------------------------------
 # Lines every service Dockerfile must hold, with SERVICE standing for the service name.

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -22,6 +24,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/logging"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 func main() {
@@ -40,28 +43,34 @@ func main() {
 // Keys returns the configuration keys the extractor reads.
 func Keys() []config.Key { return config.Join(config.Common, config.NATS, config.Extractor) }
 
+// version is the build's version, set by the linker (-X main.version=...).
+var version = "dev"
+
 // settings are the extractor's parsed settings.
 type settings struct {
-	cfg   *config.Values
-	full  bool
-	watch time.Duration
+	cfg         *config.Values
+	full        bool
+	watch       time.Duration
+	healthcheck bool
 }
 
 // loadSettings reads the configuration, with --full and --watch as short forms of EXTRACT_FULL
 // and EXTRACT_WATCH.
 func loadSettings(args []string) (*settings, error) {
-	var full bool
+	var full, health bool
 	var watch string
 	cfg, err := config.Load("extractor", Keys(), args, func(fs *pflag.FlagSet) {
 		fs.BoolVar(&full, "full", false,
 			"Re-read every collection whole, ignoring checkpoints (same as EXTRACT_FULL=true).")
 		fs.StringVar(&watch, "watch", "",
 			"Keep polling, waiting this interval (such as 6h) between runs (same as EXTRACT_WATCH).")
+		fs.BoolVar(&health, "healthcheck", false,
+			"Probe the /healthz of a running extractor at METRICS_ADDR and exit 0 or 1.")
 	})
 	if err != nil {
 		return nil, err
 	}
-	s := &settings{cfg: cfg, full: full}
+	s := &settings{cfg: cfg, full: full, healthcheck: health}
 	if !full {
 		if s.full, err = cfg.Bool("EXTRACT_FULL"); err != nil {
 			return nil, err
@@ -78,22 +87,33 @@ func loadSettings(args []string) (*settings, error) {
 }
 
 // Main runs the extractor with command-line arguments args until the run (or, in watch mode,
-// ctx) ends. It returns an error unless every object was acknowledged by JetStream.
+// ctx) ends. It returns an error unless every object was acknowledged by JetStream. When ctx
+// ends during a run, the page in hand is finished (its acks awaited) within SHUTDOWN_GRACE.
 func Main(ctx context.Context, args []string) error {
 	s, err := loadSettings(args)
 	if err != nil {
 		return err
 	}
 	cfg := s.cfg
+	if s.healthcheck {
+		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
+	}
 	log, err := logging.New("extractor", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	log.Info("extractor starting", zap.Any("settings", cfg.Redacted()), zap.Bool("full", s.full),
+	log.Info("extractor starting", zap.String("version", version),
+		zap.Any("settings", cfg.Redacted()), zap.Bool("full", s.full),
 		zap.Duration("watch", s.watch))
 
-	src, err := newSource(cfg, log)
+	grace, err := cfg.Duration("SHUTDOWN_GRACE")
+	if err != nil {
+		return err
+	}
+	reg := ops.NewRegistry()
+	metrics := ops.NewMetrics(reg)
+	src, err := newSource(cfg, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -110,31 +130,85 @@ func Main(ctx context.Context, args []string) error {
 		return err
 	}
 
+	// work outlives a stop signal by SHUTDOWN_GRACE, so that the page in hand is finished.
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-work.Done():
+			return
+		}
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			log.Warn("shutdown grace over; abandoning the page in hand",
+				zap.Duration("grace", grace))
+			stopWork()
+		case <-work.Done():
+		}
+	}()
+
+	// Ready once connected to NATS; the connection is made after the server starts, so that
+	// /healthz answers while the first connection is retried.
+	var conn atomic.Pointer[nats.Conn]
+	opsSrv, err := ops.Serve(ctx, cfg.String("METRICS_ADDR"), reg,
+		func(c context.Context) error { return ops.NATSConnected(conn.Load())(c) })
+	if err != nil {
+		return err
+	}
+	defer func() {
+		opsSrv.MarkStopping()
+		stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = opsSrv.Shutdown(stop)
+	}()
+	if opsSrv.Enabled() {
+		log.Info("serving /metrics, /healthz and /readyz", zap.String("addr", opsSrv.Addr()))
+	}
+
 	nc, err := bus.Connect(ctx, bus.OptionsFrom(cfg, "extractor"), log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publish.DefaultInFlight*2))
+	conn.Store(nc)
+	defer func() {
+		// A deliberate close is no disconnection worth a warning.
+		nc.SetDisconnectErrHandler(nil)
+		nc.Close()
+	}()
+	// An ack that never comes (a server lost mid-publish) fails its message after a minute
+	// instead of hanging the run.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publish.DefaultInFlight*2),
+		jetstream.WithPublishAsyncTimeout(time.Minute))
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	if err := bus.EnsureStreams(ctx, js, sopts); err != nil {
+	if err := bus.EnsureStreams(work, js, sopts); err != nil {
 		return err
 	}
 	var cps *sync.Checkpoints
 	if trust && src.checkpoints() {
-		if cps, err = sync.OpenCheckpoints(ctx, js, sopts.Replicas); err != nil {
+		if cps, err = sync.OpenCheckpoints(work, js, sopts.Replicas); err != nil {
 			return err
 		}
 	}
 	pub := publish.New(js, bus.StreamRaw, publish.DefaultInFlight)
+	stopping := func() bool { return ctx.Err() != nil }
 
 	for {
 		o := sync.Options{RunID: newRunID(), Full: s.full, TrustAddedAfter: trust,
-			MaxObjectBytes: maxObj, Replicas: sopts.Replicas}
-		syncer := sync.New(js, pub, cps, o, events(log))
-		err := runOnce(ctx, log, src, syncer, o.RunID)
+			MaxObjectBytes: maxObj, Replicas: sopts.Replicas, Stopping: stopping}
+		syncer := sync.New(js, pub, cps, o, events(log, metrics))
+		err := runOnce(work, log, src, syncer, o.RunID, metrics)
+		if ctx.Err() != nil {
+			log.Info("extractor stopping", zap.String("why", ctx.Err().Error()))
+			if s.watch > 0 && errors.Is(err, sync.ErrStopped) {
+				return nil
+			}
+			return err
+		}
 		if s.watch <= 0 {
 			return err
 		}
@@ -154,7 +228,7 @@ func Main(ctx context.Context, args []string) error {
 
 // runOnce syncs every collection of the source once and logs the run's summary.
 func runOnce(ctx context.Context, log *zap.Logger, src origin, syncer *sync.Syncer,
-	runID string) error {
+	runID string, m *ops.Metrics) error {
 	start := time.Now()
 	reqs0 := src.requests()
 	log.Info("run starting", zap.String("run_id", runID), zap.String("source", src.name()))
@@ -175,7 +249,8 @@ func runOnce(ctx context.Context, log *zap.Logger, src origin, syncer *sync.Sync
 			zap.Int("rejected", st.Rejected), zap.Int("acked", st.Acked),
 			zap.Int("duplicates", st.Duplicates), zap.Int("failed", st.Failed),
 			zap.Int("pages", st.Pages), zap.Int64("requests", src.requests()-r0),
-			zap.Bool("synced_event", st.Synced), zap.Duration("took", st.Took),
+			zap.Bool("synced_event", st.Synced), zap.Duration("held_took", st.HeldTook),
+			zap.Duration("took", st.Took),
 		}
 		if st.AddedAfter != "" || st.Checkpoint != "" {
 			fields = append(fields, zap.String("added_after", st.AddedAfter),
@@ -190,6 +265,7 @@ func runOnce(ctx context.Context, log *zap.Logger, src origin, syncer *sync.Sync
 			continue
 		}
 		log.Info("collection synced", fields...)
+		m.LastSync.WithLabelValues(c.Key).SetToCurrentTime()
 		tot.Served += st.Served
 		tot.New += st.New
 		tot.Unchanged += st.Unchanged
@@ -209,15 +285,22 @@ func runOnce(ctx context.Context, log *zap.Logger, src origin, syncer *sync.Sync
 	return errors.Join(errs...)
 }
 
-// events turns the syncer's events into log lines.
-func events(log *zap.Logger) sync.Events {
+// events turns the syncer's events into log lines and metrics.
+func events(log *zap.Logger, m *ops.Metrics) sync.Events {
 	return sync.Events{
 		Page: func(c sync.Collection, p sync.PageStats) {
 			log.Info("page published", zap.String("collection", c.Key), zap.Int("page", p.Number),
 				zap.Int("objects", p.Objects), zap.Int("new", p.New), zap.Int("total", p.Total))
+			m.Fetched.WithLabelValues(c.Key).Add(float64(p.Objects))
+			m.Published.WithLabelValues(c.Key, ops.OutcomeNew).Add(float64(p.New))
+			m.Published.WithLabelValues(c.Key, ops.OutcomeUnchanged).Add(float64(p.Unchanged))
+			m.Published.WithLabelValues(c.Key, ops.OutcomeRejected).Add(float64(p.Rejected))
 		},
 		Warn: func(c sync.Collection, msg string, err error) {
 			log.Warn(msg, zap.String("collection", c.Key), zap.Error(err))
+		},
+		DeadLetter: func(c sync.Collection, kind bus.Kind) {
+			m.DeadLettered.WithLabelValues(sync.Stage, string(kind)).Inc()
 		},
 	}
 }

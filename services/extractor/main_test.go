@@ -164,3 +164,96 @@ func TestMainFailures(t *testing.T) {
 		})
 	}
 }
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestMainWatch(t *testing.T) {
+	ns := natstest.Start(t)
+	srv := taxiitest.New(icsCollection(t, "testdata/ics-18.0-slice.json"))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- Main(ctx, args(ns.URL, "--taxii-api-url", srv.RootURL(), "--watch", "50ms",
+			"--raw-history", "5"))
+	}()
+	// Two polls (collections and objects each) show the watch keeps going.
+	waitFor(t, "two polls", 10*time.Second, func() bool { return srv.Requests() >= 4 })
+	if got := rawCount(t, ns.JS, "ics-attack"); got != 30 {
+		t.Fatalf("raw messages after polls of an unchanged server = %d, want 30", got)
+	}
+	// A failing poll is logged and the watch goes on.
+	srv.Lock()
+	srv.Fault = fault(3, http.StatusInternalServerError)
+	srv.Unlock()
+	n := srv.Requests()
+	waitFor(t, "a poll after the failure", 10*time.Second, func() bool {
+		return srv.Requests() >= n+5
+	})
+	srv.Lock()
+	srv.Collections = []*taxiitest.Collection{icsCollection(t, "testdata/ics-18.1-slice.json")}
+	srv.Unlock()
+	waitFor(t, "the 18.1 versions", 10*time.Second, func() bool {
+		return rawCount(t, ns.JS, "ics-attack") == 40
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("watch ended with %v, want nil on a stop signal", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not stop")
+	}
+}
+
+// fault answers the first n requests with status.
+func fault(n int, status int) func(http.ResponseWriter, *http.Request) bool {
+	return func(w http.ResponseWriter, _ *http.Request) bool {
+		if n <= 0 {
+			return false
+		}
+		n--
+		http.Error(w, "broken", status)
+		return true
+	}
+}
+
+func TestMainMITRERequestBudget(t *testing.T) {
+	// A full MITRE-like sync of the three collections takes one request per collection plus
+	// one, when the configured URL is the API root.
+	ns := natstest.Start(t)
+	objs := icsCollection(t, "testdata/ics-18.1-slice.json").Objects
+	srv := taxiitest.New(
+		&taxiitest.Collection{ID: "x-mitre-collection--1f5f1533-f617-4ca8-9ab4-6a02367fa019",
+			Title: "Enterprise ATT&CK", Objects: objs[:10]},
+		&taxiitest.Collection{ID: "x-mitre-collection--dac0d2d7-8653-445c-9bff-82f934c1e858",
+			Title: "Mobile ATT&CK", Objects: objs[10:20]},
+		&taxiitest.Collection{ID: icsID, Title: "ICS ATT&CK", Objects: objs[20:]})
+	defer srv.Close()
+	srv.MITRE = true
+	srv.Root = "/api/v21/attack-18.1/"
+	if err := Main(context.Background(), args(ns.URL, "--taxii-api-url", srv.RootURL(),
+		"--full")); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Requests(); got != 4 {
+		t.Errorf("requests = %d, want 4: %v", got, srv.Log())
+	}
+	for _, key := range []string{"enterprise-attack", "mobile-attack", "ics-attack"} {
+		if got := rawCount(t, ns.JS, key); got != 10 {
+			t.Errorf("%s: raw messages %d, want 10", key, got)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -12,6 +13,7 @@ import (
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxii"
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 // origin is where a run's collections come from: a TAXII server or bundle files.
@@ -31,7 +33,7 @@ type runInfo struct {
 	roots, releases []string
 }
 
-func newSource(cfg *config.Values, log *zap.Logger) (origin, error) {
+func newSource(cfg *config.Values, log *zap.Logger, m *ops.Metrics) (origin, error) {
 	want := cfg.Strings("TAXII_COLLECTIONS")
 	if bundles := cfg.Strings("SOURCE_BUNDLE"); len(bundles) > 0 {
 		return &bundleSource{paths: bundles, want: want}, nil
@@ -71,6 +73,14 @@ func newSource(cfg *config.Values, log *zap.Logger) (origin, error) {
 			log.Warn("TAXII request failed; retrying", zap.String("url", r.URL),
 				zap.Int("attempt", r.Attempt), zap.Duration("wait", r.Wait),
 				zap.String("reason", config.RedactText(r.Reason)))
+			m.Retries.WithLabelValues(sync.Stage, r.Kind).Inc()
+		},
+		OnRequest: func(r taxii.Request) {
+			code := "error"
+			if r.Status > 0 {
+				code = strconv.Itoa(r.Status)
+			}
+			m.RequestDuration.WithLabelValues(r.Operation, code).Observe(r.Took.Seconds())
 		},
 	})
 	if err != nil {

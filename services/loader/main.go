@@ -40,6 +40,7 @@ type settings struct {
 	mongoURI, db, coll string
 	mode               store.Mode
 	concurrency        int
+	memory             bool
 	consume            consume.Options
 	progress           time.Duration
 }
@@ -57,6 +58,8 @@ func readSettings(c *config.Values) (settings, error) {
 	s.mode, e = store.ParseMode(c.String("LOADER_WRITE_MODE"))
 	errs(e)
 	s.concurrency, e = c.Int("LOADER_CONCURRENCY")
+	errs(e)
+	s.memory, e = c.Bool("LOADER_MEMORY")
 	errs(e)
 	o := consume.Options{Stream: bus.StreamFlat, Durable: c.String("LOADER_DURABLE")}
 	o.BatchSize, e = c.Int("LOADER_BATCH_SIZE")
@@ -161,7 +164,8 @@ func openStore(ctx context.Context, log *zap.Logger, set settings) (*store.Store
 	for attempt := 1; ; attempt++ {
 		var err error
 		st, err = store.Open(ctx, store.Options{URI: set.mongoURI, Database: set.db,
-			Collection: set.coll, Mode: set.mode, Concurrency: set.concurrency})
+			Collection: set.coll, Mode: set.mode, Concurrency: set.concurrency,
+			NoMemory: !set.memory})
 		if err == nil {
 			break
 		}
@@ -192,6 +196,17 @@ func openStore(ctx context.Context, log *zap.Logger, set settings) (*store.Store
 	if rep.TextSkipped {
 		log.Info("text index skipped", zap.String("collection", set.coll),
 			zap.String("reason", config.RedactText(rep.TextError)))
+	}
+	if set.memory {
+		t0 = time.Now()
+		n, err := st.Warm(ctx)
+		if err != nil {
+			log.Warn("stored versions not read; every write will ask MongoDB",
+				zap.String("error", config.RedactText(err.Error())))
+		} else {
+			log.Info("stored versions read", zap.String("collection", set.coll),
+				zap.Int("documents", n), zap.Duration("took", time.Since(t0)))
+		}
 	}
 	return st, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/attack-etl/attack-etl/services/mirror/internal/taxiiserver"
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/logging"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 func main() {
@@ -39,9 +41,14 @@ func main() {
 // run loads the configuration and the bundles, serves until ctx ends, and re-reads the bundles
 // whenever reload receives a value.
 func run(ctx context.Context, args []string, reload <-chan os.Signal) error {
-	cfg, err := config.Load("mirror", config.Join(config.Common, config.Mirror), args)
+	var healthcheck bool
+	cfg, err := config.Load("mirror", config.Join(config.Common, config.Mirror), args,
+		ops.HealthCheckFlag(&healthcheck))
 	if err != nil {
 		return err
+	}
+	if healthcheck {
+		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
 	}
 	log, err := logging.New("mirror", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
@@ -71,15 +78,25 @@ func serve(ctx context.Context, cfg *config.Values, log *zap.Logger,
 		return errors.New("MIRROR_BUNDLES is empty: name the STIX bundle files to serve " +
 			"(such as ../shared/attack/*-18.1.json.gz)")
 	}
-	if addr := cfg.String("METRICS_ADDR"); addr != "" {
-		// TODO(mirror): no Prometheus metrics yet because tests only need request counts;
-		// /mirror/stats and /healthz on MIRROR_ADDR serve them.
-		log.Info("METRICS_ADDR is not used by the mirror; request counts are at /mirror/stats",
-			zap.String("metrics_addr", addr))
+	reg := ops.NewRegistry()
+	metrics := ops.NewMetrics(reg)
+	opsSrv, err := ops.Serve(ctx, cfg.String("METRICS_ADDR"), reg, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = opsSrv.Shutdown(stopCtx)
+	}()
+	if opsSrv.Enabled() {
+		log.Info("serving metrics and health", zap.String("addr", opsSrv.Addr()))
 	}
 
 	opts := taxiiserver.Options{Mode: mode, MaxPage: maxPage,
 		OnRequest: func(r taxiiserver.RequestRecord) {
+			metrics.RequestDuration.WithLabelValues("serve", strconv.Itoa(r.Status)).
+				Observe(r.Took.Seconds())
 			log.Debug("answered request", zap.String("method", r.Method),
 				zap.String("path", r.Path), zap.String("query", r.Query),
 				zap.Int("status", r.Status), zap.Int64("bytes", r.Bytes),
@@ -116,11 +133,13 @@ func serve(ctx context.Context, cfg *config.Values, log *zap.Logger,
 		select {
 		case <-reload:
 			log.Info("re-reading bundles on SIGHUP", zap.Strings("bundles", bundles))
-			// A failed reload keeps the previous bundles; OnLoad has logged it.
-			_, _ = srv.Reload()
+			// Reload in the background so that a stop signal is not held up by it; reloads
+			// run one at a time, and a failed one keeps the previous bundles (OnLoad logs it).
+			go func() { _, _ = srv.Reload() }()
 		case err := <-served:
 			return fmt.Errorf("serve on %s: %w", addr, err)
 		case <-ctx.Done():
+			opsSrv.MarkStopping()
 			stopCtx, cancel := context.WithTimeout(context.Background(), grace)
 			defer cancel()
 			err := httpSrv.Shutdown(stopCtx)

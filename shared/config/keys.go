@@ -128,6 +128,8 @@ var Loader = []Key{
 		Usage: "Longest back-off wait between attempts while MongoDB is unreachable."},
 	{Name: "LOADER_BACKOFF", Default: "", Group: GroupLoader,
 		Usage: "Comma-separated redelivery delays after failed deliveries (the consumer's BackOff, such as 5s,30s,2m); empty doubles from 2s."},
+	{Name: "LOADER_MEMORY", Default: "true", Group: GroupLoader,
+		Usage: "Remember stored versions (read once at start) so unchanged documents cost no database round trip."},
 	{Name: "LOADER_PROGRESS_EVERY", Default: "5s", Group: GroupLoader,
 		Usage: "How often the loader logs its progress and the change report so far."},
 }

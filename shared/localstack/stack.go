@@ -43,6 +43,12 @@ type Stack struct {
 
 // Start starts the services the options ask for. On error, what was started is stopped.
 func Start(ctx context.Context, o Options) (*Stack, error) {
+	// Absolute paths: PostgreSQL resolves its socket folder from its data folder.
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("local stack folder: %w", err)
+	}
+	o.Dir = dir
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("local stack folder: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"net"
 	"net/http"
@@ -68,4 +69,14 @@ func LocalURL(addr, path string) (string, error) {
 		host = "::1"
 	}
 	return "http://" + net.JoinHostPort(host, port) + path, nil
+}
+
+// HealthCheckFlag returns a flag adder for config.Load that defines --healthcheck: a service
+// started with it probes its own METRICS_ADDR/healthz and exits 0 or 1, which is what a
+// container's HEALTHCHECK runs (distroless images have no curl).
+func HealthCheckFlag(target *bool) func(*pflag.FlagSet) {
+	return func(fs *pflag.FlagSet) {
+		fs.BoolVar(target, "healthcheck", false,
+			"probe this service's METRICS_ADDR/healthz, then exit 0 when healthy, 1 otherwise")
+	}
 }

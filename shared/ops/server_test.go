@@ -104,6 +104,26 @@ func TestServerEndpoints(t *testing.T) {
 	}
 }
 
+func TestServeTwiceOnOneRegistry(t *testing.T) {
+	// A service that restarts its operations server (a test booting Main twice) keeps its
+	// registry; the second server must start and serve it.
+	reg := ops.NewRegistry()
+	ops.NewMetrics(reg)
+	for i := range 2 {
+		s, err := ops.Serve(context.Background(), "127.0.0.1:0", reg, nil)
+		if err != nil {
+			t.Fatalf("Serve #%d: %v", i+1, err)
+		}
+		code, _ := get(t, "http://"+s.Addr()+ops.PathMetrics)
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown #%d: %v", i+1, err)
+		}
+		if code != 200 {
+			t.Fatalf("metrics of server #%d: status %d", i+1, code)
+		}
+	}
+}
+
 func TestServerRejectsOtherMethods(t *testing.T) {
 	s, _ := serve(t, nil)
 	resp, err := http.Post("http://"+s.Addr()+ops.PathReady, "text/plain", nil)

@@ -78,10 +78,52 @@ func Read(ctx context.Context, where string, o Options) (*Bundle, error) {
 		var c struct{ Type, ID, Name string }
 		if json.Unmarshal(raw, &c) == nil && c.Type == "x-mitre-collection" && c.ID != "" {
 			b.CollectionID, b.Title = c.ID, c.Name
-			break
+			return b, nil
 		}
 	}
+	if d, ok := domainOf(env.ID, env.Objects); ok {
+		b.CollectionID, b.Title = d.id, d.title
+	}
 	return b, nil
+}
+
+// domain is an ATT&CK domain's collection as MITRE's TAXII 2.1 server serves it.
+type domain struct{ name, id, title string }
+
+// domains are the ATT&CK domains, so that a bundle without an x-mitre-collection object (the
+// STIX 2.0 bundles of enterprise and mobile) is read as the same collection TAXII serves.
+var domains = []domain{
+	{"enterprise-attack", "x-mitre-collection--1f5f1533-f617-4ca8-9ab4-6a02367fa019",
+		"Enterprise ATT&CK"},
+	{"mobile-attack", "x-mitre-collection--dac0d2d7-8653-445c-9bff-82f934c1e858", "Mobile ATT&CK"},
+	{"ics-attack", "x-mitre-collection--90c00720-636b-4485-b342-8751d232bf09", "ICS ATT&CK"},
+}
+
+// domainOf finds the ATT&CK domain of a bundle from its id (such as bundle--enterprise-attack)
+// or from the x_mitre_domains of its first objects that name exactly one domain.
+func domainOf(bundleID string, objs []json.RawMessage) (domain, bool) {
+	for _, d := range domains {
+		if strings.HasSuffix(bundleID, "--"+d.name) {
+			return d, true
+		}
+	}
+	for i, raw := range objs {
+		if i >= 200 {
+			break
+		}
+		var o struct {
+			Domains []string `json:"x_mitre_domains"`
+		}
+		if json.Unmarshal(raw, &o) != nil || len(o.Domains) != 1 {
+			continue
+		}
+		for _, d := range domains {
+			if o.Domains[0] == d.name {
+				return d, true
+			}
+		}
+	}
+	return domain{}, false
 }
 
 func open(ctx context.Context, where string, o Options) (io.ReadCloser, string, error) {

@@ -5,7 +5,6 @@ package sync
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -14,6 +13,9 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/stix"
 )
+
+// HeldTimeout bounds LoadHeld.
+const HeldTimeout = 5 * time.Minute
 
 // Held maps a STIX id to the version stamp (modified, or created) the pipeline holds.
 type Held map[string]string
@@ -30,6 +32,10 @@ func (h Held) Newer(id, stamp string) bool {
 // headers only. The stream is the pipeline's record of what it holds, so no other state can
 // drift from it.
 func LoadHeld(ctx context.Context, js jetstream.JetStream, collectionKey string) (Held, error) {
+	// Reading even a few hundred thousand headers takes seconds; a stalled server must not hang
+	// the run.
+	ctx, cancel := context.WithTimeout(ctx, HeldTimeout)
+	defer cancel()
 	held := Held{}
 	cons, err := js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{bus.RawFilter(collectionKey)},
@@ -46,36 +52,26 @@ func LoadHeld(ctx context.Context, js jetstream.JetStream, collectionKey string)
 	if info.NumPending == 0 {
 		return held, nil
 	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return nil, fmt.Errorf("read held versions of %s: %w", collectionKey, err)
+	}
+	defer it.Stop()
 	for {
-		batch, err := cons.FetchNoWait(2000)
+		m, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			return nil, fmt.Errorf("read held versions of %s: %w", collectionKey, err)
 		}
-		got := 0
-		last := false
-		for m := range batch.Messages() {
-			got++
-			id, stamp := m.Headers().Get(bus.HeaderStixID), m.Headers().Get(bus.HeaderStixModified)
-			if id != "" && (held[id] == "" || stix.CompareStamps(stamp, held[id]) > 0) {
-				held[id] = stamp
-			}
-			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
-				last = true
-			}
+		id, stamp := m.Headers().Get(bus.HeaderStixID), m.Headers().Get(bus.HeaderStixModified)
+		if id != "" && (held[id] == "" || stix.CompareStamps(stamp, held[id]) > 0) {
+			held[id] = stamp
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		md, err := m.Metadata()
+		if err != nil {
 			return nil, fmt.Errorf("read held versions of %s: %w", collectionKey, err)
 		}
-		if last {
+		if md.NumPending == 0 {
 			return held, nil
-		}
-		if got == 0 {
-			// Nothing ready yet: wait a little, bounded by ctx.
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("read held versions of %s: %w", collectionKey, ctx.Err())
-			case <-time.After(20 * time.Millisecond):
-			}
 		}
 	}
 }

@@ -29,6 +29,9 @@ const (
 // ErrNotAcked means some objects of a collection were not acknowledged by JetStream.
 var ErrNotAcked = errors.New("objects not acknowledged by JetStream")
 
+// ErrStopped means the sync stopped after a page because Options.Stopping said so.
+var ErrStopped = errors.New("stopped before the end of the collection")
+
 // Page is one page of objects from a source.
 type Page struct {
 	// Number counts pages from 1.
@@ -62,7 +65,8 @@ type Collection struct {
 type Options struct {
 	// RunID names the run in headers and in the synced event.
 	RunID string
-	// Full re-reads collections whole, ignoring the checkpoint, and ends each fully acked
+	// Full re-reads collections whole, ignoring the checkpoint. Every run that reads a whole
+	// collection (no added_after sent) ends, when every publish was acked, with a synced event.
 	// collection with a synced event.
 	Full bool
 	// TrustAddedAfter lets the checkpoint be read and written.
@@ -73,6 +77,9 @@ type Options struct {
 	Replicas int
 	// Now returns the fetch time; nil means time.Now.
 	Now func() time.Time
+	// Stopping, when set, is asked after each page: true ends the sync with ErrStopped once
+	// the page's publishes were acknowledged, so that a stop never abandons a page half-done.
+	Stopping func() bool
 }
 
 // Events receives what a Syncer has to say; the caller logs it. Nil fields are skipped.
@@ -81,11 +88,14 @@ type Events struct {
 	Page func(c Collection, p PageStats)
 	// Warn is called for something wrong that does not stop the collection.
 	Warn func(c Collection, msg string, err error)
+	// DeadLetter is called for each object dead-lettered.
+	DeadLetter func(c Collection, kind bus.Kind)
 }
 
 // PageStats counts one page.
 type PageStats struct {
-	Number, Objects, New int
+	// Unchanged counts held and older versions.
+	Number, Objects, New, Unchanged, Rejected int
 	// Total is the number of objects served so far in the collection.
 	Total int
 }
@@ -107,7 +117,8 @@ type Stats struct {
 	AddedAfter, Checkpoint string
 	// Synced reports that the synced control event was published.
 	Synced bool
-	Took   time.Duration
+	// HeldTook is the time spent learning what the pipeline holds, Took the whole sync's.
+	HeldTook, Took time.Duration
 }
 
 // Syncer publishes the new versions of collections' objects.
@@ -138,24 +149,28 @@ func (s *Syncer) warn(c Collection, msg string, err error) {
 // one message per object, waiting for every ack page by page. It returns an error wrapping
 // ErrNotAcked when some publishes failed, and the source's error when reading failed; the stats
 // are filled in either case.
-func (s *Syncer) Sync(ctx context.Context, c Collection) (Stats, error) {
+func (s *Syncer) Sync(ctx context.Context, c Collection) (st Stats, err error) {
 	start := time.Now()
-	st := Stats{Key: c.Key, ID: c.ID, Title: c.Title, Mode: ModeIncremental}
+	st = Stats{Key: c.Key, ID: c.ID, Title: c.Title, Mode: ModeIncremental}
 	defer func() { st.Took = time.Since(start) }()
 	held, err := LoadHeld(ctx, s.js, c.Key)
 	if err != nil {
 		return st, err
 	}
 	st.Held = len(held)
-	full := s.opts.Full || len(held) == 0
-	if full {
-		st.Mode = ModeFull
-	}
+	st.HeldTook = time.Since(start)
 	useCP := s.opts.TrustAddedAfter && c.CheckpointKey != "" && s.cps != nil
-	if useCP && !full {
+	if useCP && !s.opts.Full && len(held) > 0 {
 		if st.AddedAfter, err = s.cps.Get(ctx, c.CheckpointKey); err != nil {
 			return st, err
 		}
+	}
+	// A run that sends no added_after lists the whole collection: that is a full sync, whether
+	// asked for (--full), forced by an empty stream, or the normal case on a server not trusted
+	// with added_after (such as MITRE's).
+	full := st.AddedAfter == ""
+	if full {
+		st.Mode = ModeFull
 	}
 	st.Checkpoint = st.AddedAfter
 	var served []string
@@ -165,7 +180,7 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (Stats, error) {
 	readErr := c.Pages(ctx, st.AddedAfter, func(p Page) error {
 		st.Pages++
 		var msgs []*nats.Msg
-		rejected := 0
+		rejected, unchanged := 0, 0
 		for _, raw := range p.Objects {
 			st.Served++
 			msg, id, err := s.message(ctx, c, raw, held, fetched, st.Mode)
@@ -180,8 +195,10 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (Stats, error) {
 				rejected++
 			case msg == unchangedMsg:
 				st.Unchanged++
+				unchanged++
 			case msg == olderMsg:
 				st.Older++
+				unchanged++
 			default:
 				msgs = append(msgs, msg)
 			}
@@ -208,7 +225,10 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (Stats, error) {
 		}
 		if s.events.Page != nil {
 			s.events.Page(c, PageStats{Number: p.Number, Objects: len(p.Objects),
-				New: len(msgs), Total: st.Served})
+				New: len(msgs), Unchanged: unchanged, Rejected: rejected, Total: st.Served})
+		}
+		if s.opts.Stopping != nil && s.opts.Stopping() {
+			return ErrStopped
 		}
 		return nil
 	})
@@ -242,7 +262,7 @@ var (
 // not be stored.
 func (s *Syncer) message(ctx context.Context, c Collection, raw json.RawMessage, held Held,
 	fetched, mode string) (*nats.Msg, string, error) {
-	meta, perr := stix.ParseMeta(raw)
+	meta, perr := parseMeta(raw)
 	if perr == nil && s.opts.MaxObjectBytes > 0 && len(raw) > s.opts.MaxObjectBytes {
 		return rejectedMsg, meta.ID, s.deadLetter(ctx, c, meta.ID, bus.KindTooLarge,
 			fmt.Sprintf("object %s is %d bytes, more than MAX_OBJECT_BYTES %d", meta.ID, len(raw),
@@ -301,6 +321,9 @@ func (s *Syncer) deadLetter(ctx context.Context, c Collection, id string, kind b
 		Reason: reason, StixID: id, Header: hdr, Body: body})
 	if err != nil {
 		return fmt.Errorf("collection %s: %w", c.Key, err)
+	}
+	if s.events.DeadLetter != nil {
+		s.events.DeadLetter(c, kind)
 	}
 	return nil
 }

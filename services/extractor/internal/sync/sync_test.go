@@ -114,11 +114,11 @@ func TestSyncPublishesOnlyNewVersions(t *testing.T) {
 		{name: "first run on an empty stream publishes every object and counts as full",
 			objs: old, wantNew: 30, wantMode: sync.ModeFull, wantSynced: true},
 		{name: "second run with nothing new publishes nothing", objs: old, wantUnchanged: 30,
-			wantMode: sync.ModeIncremental},
+			wantMode: sync.ModeFull, wantSynced: true},
 		{name: "release 18.1 publishes exactly the objects whose modified is new", objs: cur,
-			wantNew: 10, wantUnchanged: 20, wantMode: sync.ModeIncremental},
+			wantNew: 10, wantUnchanged: 20, wantMode: sync.ModeFull, wantSynced: true},
 		{name: "a server going back to 18.0 publishes nothing older", objs: old,
-			wantUnchanged: 20, wantOl: 10, wantMode: sync.ModeIncremental},
+			wantUnchanged: 20, wantOl: 10, wantMode: sync.ModeFull, wantSynced: true},
 		{name: "--full re-reads everything, publishes nothing held, and marks the sync",
 			objs: cur, full: true, wantUnchanged: 30, wantMode: sync.ModeFull, wantSynced: true},
 	}
@@ -306,32 +306,36 @@ func TestSyncCheckpoint(t *testing.T) {
 		wantWarn  bool
 		wantErr   error
 		objs      []json.RawMessage
+		// wantMode is full when the run sent no added_after.
+		wantMode string
 	}{
 		{name: "untrusted server: no checkpoint is read or written",
 			dates:    []string{"2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z"},
-			wantFrom: "", wantAfter: ""},
+			wantFrom: "", wantAfter: "", wantMode: sync.ModeFull},
 		{name: "trusted server: the last acked page's Date-Added-Last becomes the checkpoint",
 			opts:     sync.Options{TrustAddedAfter: true},
 			dates:    []string{"2020-01-01T00:00:00Z", "2020-01-02T00:00:00.5Z"},
-			wantFrom: "", wantAfter: "2020-01-02T00:00:00.5Z"},
+			wantFrom: "", wantAfter: "2020-01-02T00:00:00.5Z", wantMode: sync.ModeFull},
 		{name: "next run starts from the checkpoint; MITRE's JavaScript date is understood",
 			opts: sync.Options{TrustAddedAfter: true},
 			dates: []string{"Fri Jan 03 2020 00:00:00 GMT+0000 (Coordinated Universal Time)",
 				"Sat Jan 04 2020 00:00:00 GMT+0000 (Coordinated Universal Time)"},
-			wantFrom: "2020-01-02T00:00:00.5Z", wantAfter: "2020-01-04T00:00:00Z"},
+			wantFrom: "2020-01-02T00:00:00.5Z", wantAfter: "2020-01-04T00:00:00Z",
+			wantMode: sync.ModeIncremental},
 		{name: "unparsable date header leaves the checkpoint alone and warns",
 			opts: sync.Options{TrustAddedAfter: true}, dates: []string{"soon", "later"},
-			wantFrom: "2020-01-04T00:00:00Z", wantAfter: "2020-01-04T00:00:00Z", wantWarn: true},
+			wantFrom: "2020-01-04T00:00:00Z", wantAfter: "2020-01-04T00:00:00Z", wantWarn: true,
+			wantMode: sync.ModeIncremental},
 		{name: "publishes that JetStream refuses never move the checkpoint",
 			opts: sync.Options{TrustAddedAfter: true}, objs: fresh,
 			dates:    []string{"2021-01-01T00:00:00Z", "2021-01-02T00:00:00Z"},
 			pub:      publish.New(s.JS, "NOT_THE_RAW_STREAM", 8),
 			wantFrom: "2020-01-04T00:00:00Z", wantAfter: "2020-01-04T00:00:00Z",
-			wantErr: sync.ErrNotAcked},
+			wantErr: sync.ErrNotAcked, wantMode: sync.ModeIncremental},
 		{name: "--full ignores the checkpoint when reading",
 			opts:     sync.Options{TrustAddedAfter: true, Full: true},
 			dates:    []string{"2020-01-05T00:00:00Z"},
-			wantFrom: "", wantAfter: "2020-01-05T00:00:00Z"},
+			wantFrom: "", wantAfter: "2020-01-05T00:00:00Z", wantMode: sync.ModeFull},
 	}
 	for _, step := range steps {
 		ok := t.Run(step.name, func(t *testing.T) {
@@ -347,9 +351,13 @@ func TestSyncCheckpoint(t *testing.T) {
 			if step.objs != nil {
 				served = step.objs
 			}
-			_, err := sy.Sync(ctx, collection(served, 15, step.dates, &from))
+			st, err := sy.Sync(ctx, collection(served, 15, step.dates, &from))
 			if !errors.Is(err, step.wantErr) {
 				t.Fatalf("error = %v, want %v", err, step.wantErr)
+			}
+			// Only a whole listing whose every publish was acked ends with a synced event.
+			if st.Mode != step.wantMode || st.Synced != (st.Mode == sync.ModeFull && err == nil) {
+				t.Errorf("mode %s synced %v, want mode %s", st.Mode, st.Synced, step.wantMode)
 			}
 			if len(from) != 1 || from[0] != step.wantFrom {
 				t.Errorf("read from added_after %q, want %q", from, step.wantFrom)

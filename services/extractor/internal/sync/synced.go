@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,6 +16,10 @@ import (
 // SyncsBucket is the JetStream object store bucket that keeps, per full sync, the list of ids
 // the server served.
 const SyncsBucket = "STIX_SYNCS"
+
+// SyncsTTL is how long an id list is kept: long enough for a loader that was down for a while
+// to prune from it, short enough that a watch polling every few hours stays small.
+const SyncsTTL = 30 * 24 * time.Hour
 
 // SyncedEvent is the control message published to bus.CtlSubject(key, "synced") after a full
 // sync of a collection whose every publish was acknowledged. The loader prunes documents of the
@@ -37,7 +42,7 @@ func IDsObjectName(collectionKey, runID string) string { return collectionKey + 
 func PublishSynced(ctx context.Context, js jetstream.JetStream, ev SyncedEvent, ids []string,
 	replicas int) error {
 	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: SyncsBucket, Replicas: max(replicas, 1),
+		Bucket: SyncsBucket, Replicas: max(replicas, 1), TTL: SyncsTTL,
 		Description: "ids served by each full sync, one object per collection and run",
 	})
 	if err != nil {

@@ -99,6 +99,8 @@ type Options struct {
 	MaxBodyBytes int64
 	// OnRetry, when set, is called before each wait for a retry.
 	OnRetry func(Retry)
+	// OnRequest, when set, is called after each HTTP request (each attempt).
+	OnRequest func(Request)
 }
 
 // Retry describes a request about to be tried again.
@@ -106,7 +108,37 @@ type Retry struct {
 	URL     string
 	Attempt int
 	Wait    time.Duration
-	Reason  string
+	// Kind is a short label of the failure: http_<status>, timeout, network, cut_off or
+	// bad_json.
+	Kind   string
+	Reason string
+}
+
+// Request describes one HTTP request made.
+type Request struct {
+	URL string
+	// Operation is discovery, collections or objects, from the URL's path.
+	Operation string
+	// Status is the HTTP status, 0 when no answer came.
+	Status int
+	Took   time.Duration
+}
+
+// operation names the TAXII operation of a URL.
+func operation(u string) string {
+	p := u
+	if pu, err := url.Parse(u); err == nil {
+		p = pu.Path
+	}
+	switch {
+	case strings.HasSuffix(p, "/objects/"):
+		return "objects"
+	case strings.HasSuffix(p, "/manifest/"):
+		return "manifest"
+	case strings.HasSuffix(p, "/collections/"):
+		return "collections"
+	}
+	return "discovery"
 }
 
 // Client talks to one TAXII 2.1 server. It is safe for concurrent use.
@@ -241,6 +273,7 @@ type answer struct {
 type retryable struct {
 	err  error
 	wait time.Duration
+	kind string
 }
 
 func (r *retryable) Error() string { return r.err.Error() }
@@ -281,7 +314,8 @@ func (c *Client) get(ctx context.Context, u string, into any) (answer, error) {
 				wait, c.opts.MaxRetryWait, last)
 		}
 		if c.opts.OnRetry != nil {
-			c.opts.OnRetry(Retry{URL: u, Attempt: attempt, Wait: wait, Reason: last.Error()})
+			c.opts.OnRetry(Retry{URL: u, Attempt: attempt, Wait: wait, Kind: r.kind,
+				Reason: last.Error()})
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -319,23 +353,32 @@ func (c *Client) once(ctx context.Context, u string, into any) (answer, error) {
 		req.SetBasicAuth(c.opts.User, c.opts.Password)
 	}
 	c.requests.Add(1)
+	start := time.Now()
+	status := 0
+	if c.opts.OnRequest != nil {
+		defer func() {
+			c.opts.OnRequest(Request{URL: u, Operation: operation(u), Status: status,
+				Took: time.Since(start)})
+		}()
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return answer{}, &retryable{err: fmt.Errorf("GET %s: no answer within %s", u,
-				c.opts.Timeout)}
+			return answer{}, &retryable{kind: "timeout",
+				err: fmt.Errorf("GET %s: no answer within %s", u, c.opts.Timeout)}
 		}
-		return answer{}, &retryable{err: fmt.Errorf("GET %s: %w", u, err)}
+		return answer{}, &retryable{kind: "network", err: fmt.Errorf("GET %s: %w", u, err)}
 	}
 	defer resp.Body.Close()
+	status = resp.StatusCode
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxBodyBytes))
 	if err != nil {
 		why := err.Error()
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			why = fmt.Sprintf("body not complete within %s", c.opts.Timeout)
 		}
-		return answer{}, &retryable{err: fmt.Errorf("GET %s: %s: body cut off after %d bytes: %s",
-			u, resp.Status, len(body), why)}
+		return answer{}, &retryable{kind: "cut_off", err: fmt.Errorf(
+			"GET %s: %s: body cut off after %d bytes: %s", u, resp.Status, len(body), why)}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		herr := &HTTPError{Method: http.MethodGet, URL: u, Status: resp.StatusCode,
@@ -343,9 +386,10 @@ func (c *Client) once(ctx context.Context, u string, into any) (answer, error) {
 		switch {
 		case resp.StatusCode == http.StatusTooManyRequests ||
 			resp.StatusCode == http.StatusServiceUnavailable:
-			return answer{}, &retryable{err: herr, wait: retryAfter(resp.Header.Get("Retry-After"))}
+			return answer{}, &retryable{err: herr, kind: "http_" + strconv.Itoa(resp.StatusCode),
+				wait: retryAfter(resp.Header.Get("Retry-After"))}
 		case resp.StatusCode >= 500, resp.StatusCode == http.StatusRequestTimeout:
-			return answer{}, &retryable{err: herr}
+			return answer{}, &retryable{err: herr, kind: "http_" + strconv.Itoa(resp.StatusCode)}
 		}
 		return answer{}, herr
 	}
@@ -354,8 +398,9 @@ func (c *Client) once(ctx context.Context, u string, into any) (answer, error) {
 	}
 	if err := json.Unmarshal(body, into); err != nil {
 		// A TAXII answer that is not valid JSON was most likely cut off on the way.
-		return answer{}, &retryable{err: fmt.Errorf("GET %s: %s: invalid JSON after %d bytes "+
-			"(cut off?): %v: body starts %q", u, resp.Status, len(body), err, bodyStart(body))}
+		return answer{}, &retryable{kind: "bad_json", err: fmt.Errorf(
+			"GET %s: %s: invalid JSON after %d bytes (cut off?): %v: body starts %q", u,
+			resp.Status, len(body), err, bodyStart(body))}
 	}
 	return answer{Header: resp.Header}, nil
 }

@@ -176,6 +176,9 @@ func (c *Client) root(ctx context.Context, rootURL string) (Root, error) {
 	return Root{URL: rootURL, Release: ReleaseOf(rootURL), Collections: cols}, nil
 }
 
+// TODO(extractor): read the manifest endpoint too; the sync compares (id, modified) of the
+// objects themselves, and MITRE's manifest dates come from created, so nothing needs it yet.
+
 // Collections lists the collections of an API root.
 func (c *Client) Collections(ctx context.Context, rootURL string) ([]Collection, error) {
 	var env collectionsEnvelope

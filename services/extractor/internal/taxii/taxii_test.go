@@ -218,8 +218,8 @@ func TestFaults(t *testing.T) {
 			fault: fault(99, func(w http.ResponseWriter, _ *http.Request) {
 				http.Error(w, "database is down", http.StatusInternalServerError)
 			}),
-			wantErr:  taxii.ErrStatus,
-			wantText: []string{"/api/v21/collections/", "500", "database is down", "4 attempts"},
+			wantErr:      taxii.ErrStatus,
+			wantText:     []string{"/api/v21/collections/", "500", "database is down", "4 attempts"},
 			wantRequests: 4},
 		{name: "server stalls past the time-out, the retry succeeds",
 			fault: fault(1, func(_ http.ResponseWriter, r *http.Request) {
@@ -390,6 +390,11 @@ func TestResolve(t *testing.T) {
 			path:      "/taxii2/",
 			discovery: `{"title":"t","default":"/gone/","api_roots":["/gone/","/api/v21/"]}`,
 			wantRoots: 1, wantSkipped: 1, wantRequests: 3},
+		{name: "MITRE discovery lists one pinned root per release beside the latest: " +
+			"only the default is read",
+			path: "/taxii2/", discovery: `{"title":"t","default":"/api/v21/","api_roots":` +
+				`["/api/v21/","/api/v21/attack-18.0/","/api/v21/attack-18.1/"]}`,
+			wantRoots: 1, wantRequests: 2},
 		{name: "a discovery URL at another path is found after the 404 of collections",
 			path: "/discover/", discovery: `{"title":"t","api_roots":["/api/v21/"]}`,
 			wantRoots: 1, wantRequests: 3},
@@ -477,7 +482,7 @@ func TestParseDate(t *testing.T) {
 		{name: "MITRE's JavaScript Date.toString() form",
 			in: "Thu Feb 20 2020 22:10:20 GMT+0000 (Coordinated Universal Time)", want: want},
 		{name: "JavaScript form in another zone",
-			in: "Thu Feb 20 2020 23:10:20 GMT+0100 (Central European Standard Time)",
+			in:   "Thu Feb 20 2020 23:10:20 GMT+0100 (Central European Standard Time)",
 			want: want},
 		{name: "garbage", in: "yesterday", wantErr: true},
 		{name: "empty", in: "", wantErr: true},

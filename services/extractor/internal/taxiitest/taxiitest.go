@@ -50,6 +50,7 @@ type Server struct {
 	JSDates bool
 
 	requests atomic.Int64
+	cache    map[cacheKey][]entry
 	logMu    sync.Mutex
 	log      []string
 }
@@ -147,12 +148,23 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// cacheKey names a collection's entries in one mode; replacing a collection (a new pointer)
+// or switching modes makes a new key.
+type cacheKey struct {
+	col   *Collection
+	mitre bool
+}
+
 type entry struct {
 	raw   json.RawMessage
 	added time.Time
 }
 
 func (s *Server) entries(c *Collection) []entry {
+	k := cacheKey{c, s.MITRE}
+	if e, ok := s.cache[k]; ok && len(e) == len(c.Objects) {
+		return e
+	}
 	out := make([]entry, len(c.Objects))
 	base := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i, o := range c.Objects {
@@ -167,6 +179,10 @@ func (s *Server) entries(c *Collection) []entry {
 		out[i] = e
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].added.Before(out[j].added) })
+	if s.cache == nil {
+		s.cache = map[cacheKey][]entry{}
+	}
+	s.cache[k] = out
 	return out
 }
 

@@ -94,7 +94,7 @@ func (o *Options) defaults() {
 // Counters are what a consumer did so far.
 type Counters struct {
 	Messages, Documents, Batches, DeadLettered, Retries, Pruned int64
-	Outcomes                                                   map[store.Outcome]int64
+	Outcomes                                                    map[store.Outcome]int64
 	// Conflicts counts documents that took the conflict path; Writes the guarded writes.
 	Conflicts, Writes int64
 }

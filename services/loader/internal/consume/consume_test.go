@@ -285,7 +285,10 @@ func TestMongoOutageRetriesAndAcksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	docs = docs[:120]
-	e.publish(docs, "run-outage")
+	// The loader's store is opened before the outage; its writes then fail.
+	cs, stop := e.loaders(1, consume.Options{Durable: "loader", BatchSize: 50,
+		BatchWait: 200 * time.Millisecond, RetryMax: 300 * time.Millisecond}, nil)
+	ref := reference(t, docs)
 	mongo.FerretDB.Stop(5 * time.Second)
 	restarted := false
 	t.Cleanup(func() {
@@ -293,10 +296,7 @@ func TestMongoOutageRetriesAndAcksNothing(t *testing.T) {
 			_ = mongo.FerretDB.Start(context.Background())
 		}
 	})
-	// The loader's store was opened before the outage; its writes now fail.
-	cs, stop := e.loaders(1, consume.Options{Durable: "loader", BatchSize: 50,
-		BatchWait: 200 * time.Millisecond, RetryMax: 300 * time.Millisecond}, nil)
-	_ = cs
+	e.publish(docs, "run-outage")
 	fixture.Eventually(t, 60*time.Second, "loader retried", func() bool {
 		return cs[0].Snapshot().Retries >= 3
 	})
@@ -313,7 +313,7 @@ func TestMongoOutageRetriesAndAcksNothing(t *testing.T) {
 		return e.pending() == 0
 	})
 	stop()
-	if got, want := contents(t, e.store()), reference(t, docs); !reflect.DeepEqual(got, want) {
+	if got, want := contents(t, e.store()), ref; !reflect.DeepEqual(got, want) {
 		t.Errorf("after the outage %d documents stored, want %d equal to a clean load", len(got),
 			len(want))
 	}
@@ -431,5 +431,94 @@ func TestFullSyncPruning(t *testing.T) {
 		Value: bson.D{{Key: "$exists", Value: true}}}})
 	if err != nil || n != 3 {
 		t.Fatalf("%d documents flagged (%v), want 3", n, err)
+	}
+}
+
+// slow delays every write, as a long write on a busy database would.
+type slow struct {
+	consume.Writer
+	delay time.Duration
+}
+
+func (s slow) Write(ctx context.Context, docs []document.Document) ([]store.Result,
+	store.Stats, error) {
+	time.Sleep(s.delay)
+	return s.Writer.Write(ctx, docs)
+}
+
+func TestLongWriteKeepsMessagesInProgress(t *testing.T) {
+	e := newEnv(t)
+	docs, err := fixture.Docs("", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs = docs[:20]
+	e.publish(docs, "run-slow")
+	// Each write takes three ack waits; without in-progress signals JetStream would hand the
+	// batch to another loader meanwhile.
+	cs, stop := e.loaders(2, consume.Options{Durable: "loader", BatchSize: 50,
+		BatchWait: 200 * time.Millisecond, AckWait: time.Second},
+		func(w consume.Writer) consume.Writer { return slow{Writer: w, delay: 3 * time.Second} })
+	fixture.Eventually(t, 60*time.Second, "every message acked", func() bool {
+		return e.pending() == 0
+	})
+	stop()
+	var msgs int64
+	for _, c := range cs {
+		msgs += c.Snapshot().Messages
+	}
+	if msgs != int64(len(docs)) {
+		t.Errorf("loaders received %d messages, want %d (no redelivery)", msgs, len(docs))
+	}
+}
+
+func TestNATSRestartMidRun(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := localstack.Start(ctx, localstack.Options{Dir: dir, BinDir: binDir, NATS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	nc, err := nats.Connect(s.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(ctx, js, bus.StreamOptions{DLQMaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, js: js, coll: fmt.Sprintf("objects_%d", collSeq.Add(1))}
+	docs := allDocs(t)
+	e.publish(docs, "run-nats")
+	ref := reference(t, docs)
+	cs, stop := e.loaders(2, consume.Options{Durable: "loader", BatchSize: 10,
+		BatchWait: 200 * time.Millisecond, AckWait: 5 * time.Second}, func(w consume.Writer) consume.Writer {
+		return slow{Writer: w, delay: 100 * time.Millisecond}
+	})
+	fixture.Eventually(t, 30*time.Second, "some documents written", func() bool {
+		return cs[0].Snapshot().Documents+cs[1].Snapshot().Documents > 20
+	})
+	s.NATS.Stop(5 * time.Second)
+	if err := s.NATS.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fixture.Eventually(t, 120*time.Second, "every message acked after the restart", func() bool {
+		info, err := js.Stream(context.Background(), bus.StreamFlat)
+		if err != nil {
+			return false
+		}
+		st, err := info.Info(context.Background())
+		return err == nil && st.State.Msgs == 0
+	})
+	stop()
+	if got := contents(t, e.store()); !reflect.DeepEqual(got, ref) {
+		t.Errorf("after the NATS restart %d documents stored, want %d equal to a clean load",
+			len(got), len(ref))
 	}
 }

@@ -39,8 +39,8 @@ type Run struct {
 	UpdatedAt time.Time        `bson:"updated_at"`
 }
 
-// Recorder writes the change report: one document per run in the runs collection (counts,
-// first and last write) and one document per run, collection and id in the changes collection
+// Recorder writes the change report: one document per run in the runs collection (first and
+// last write, and the counts as of the last Get) and one document per run, collection and id in the changes collection
 // (the ids behind the counts). An id's first recorded outcome in a run and collection stands:
 // a redelivered message does not count twice.
 type Recorder struct {
@@ -153,17 +153,8 @@ func (r *Recorder) Record(ctx context.Context, entries []Entry) error {
 		counts[e.RunID][e.Outcome]++
 	}
 	for _, run := range slices.Sorted(maps.Keys(counts)) {
-		inc := bson.D{}
-		for _, o := range slices.Sorted(maps.Keys(counts[run])) {
-			inc = append(inc, bson.E{Key: "counts." + o, Value: counts[run][o]})
-		}
-		_, err := r.runs.UpdateOne(ctx, bson.D{{Key: "_id", Value: run}}, bson.D{
-			{Key: "$inc", Value: inc},
-			{Key: "$set", Value: bson.D{{Key: "updated_at", Value: now}}},
-			{Key: "$setOnInsert", Value: bson.D{{Key: "started_at", Value: now}}},
-		}, options.UpdateOne().SetUpsert(true))
-		if err != nil {
-			return fmt.Errorf("count outcomes of run %s: %w", run, err)
+		if err := r.touch(ctx, run, now); err != nil {
+			return err
 		}
 	}
 	r.mu.Lock()
@@ -190,12 +181,51 @@ func (r *Recorder) Local() map[string]map[string]int64 {
 	return out
 }
 
-// Get reads the stored report of a run, counted over every loader.
+// touch creates the run's document or moves its updated_at. Its fields are set, never
+// incremented, so concurrent loaders cannot lose an update (FerretDB was seen to lose
+// concurrent $inc updates); a lost upsert race is retried once as a plain update.
+func (r *Recorder) touch(ctx context.Context, run string, now time.Time) error {
+	update := bson.D{
+		{Key: "$max", Value: bson.D{{Key: "updated_at", Value: now}}},
+		{Key: "$min", Value: bson.D{{Key: "started_at", Value: now}}},
+	}
+	for try := 0; ; try++ {
+		_, err := r.runs.UpdateOne(ctx, bson.D{{Key: "_id", Value: run}}, update,
+			options.UpdateOne().SetUpsert(true))
+		if err == nil {
+			return nil
+		}
+		if try == 0 && mongo.IsDuplicateKeyError(err) {
+			continue
+		}
+		return fmt.Errorf("touch report of run %s: %w", run, err)
+	}
+}
+
+// Get counts the outcomes of a run over every loader from the per-id entries, and stores the
+// counts in the run's document for readers of the report.
 func (r *Recorder) Get(ctx context.Context, runID string) (Run, error) {
 	var run Run
-	err := r.runs.FindOne(ctx, bson.D{{Key: "_id", Value: runID}}).Decode(&run)
-	if err != nil {
+	if err := r.runs.FindOne(ctx, bson.D{{Key: "_id", Value: runID}}).Decode(&run); err != nil {
 		return run, fmt.Errorf("read report of run %s: %w", runID, err)
+	}
+	cur, err := r.changes.Find(ctx, bson.D{{Key: "run_id", Value: runID}},
+		options.Find().SetProjection(bson.D{{Key: "outcome", Value: 1}}))
+	if err != nil {
+		return run, fmt.Errorf("count outcomes of run %s: %w", runID, err)
+	}
+	var got []change
+	if err := cur.All(ctx, &got); err != nil {
+		return run, fmt.Errorf("count outcomes of run %s: %w", runID, err)
+	}
+	run.Counts = map[string]int64{}
+	for _, c := range got {
+		run.Counts[c.Outcome]++
+	}
+	_, err = r.runs.UpdateOne(ctx, bson.D{{Key: "_id", Value: runID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "counts", Value: run.Counts}}}})
+	if err != nil {
+		return run, fmt.Errorf("store counts of run %s: %w", runID, err)
 	}
 	return run, nil
 }

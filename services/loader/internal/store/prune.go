@@ -32,8 +32,7 @@ const pruneChunk = 200
 //
 // Each statement is a single update naming up to pruneChunk ids, safe on FerretDB.
 func (s *Store) Prune(ctx context.Context, collection string, served map[string]struct{},
-	at time.Time) (PruneResult, error) {
-	var res PruneResult
+	at time.Time) (res PruneResult, retErr error) {
 	cur, err := s.coll.Find(ctx, bson.D{{Key: "collections", Value: collection}},
 		options.Find().SetProjection(bson.D{
 			{Key: "collections", Value: 1}, {Key: FieldRemoved, Value: 1},
@@ -46,6 +45,16 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 		return res, fmt.Errorf("list documents of %s: %w", collection, err)
 	}
 	res.Checked = len(docs)
+	// Stores forget their memory of stored versions before and after the changes, so that
+	// none skips a document pruning changed.
+	if err := s.bumpGen(ctx, at); err != nil {
+		return res, err
+	}
+	defer func() {
+		if err := s.bumpGen(context.WithoutCancel(ctx), at); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
 	for _, d := range docs {
 		if _, ok := served[d.ID]; ok {
 			continue

@@ -48,6 +48,9 @@ type Options struct {
 	CASTries int
 	// Timeout bounds connecting and server selection (default 10s).
 	Timeout time.Duration
+	// NoMemory turns off the memory of stored versions (see Warm); every write then asks the
+	// server.
+	NoMemory bool
 }
 
 // Store is a MongoDB collection of documents. It is safe for concurrent use, and any number of
@@ -63,6 +66,9 @@ type Store struct {
 	// bulkChunk is the most models sent in one BulkWrite; tests set it to 1.
 	bulkChunk int
 	now       func() time.Time
+	// meta holds the pruning generation; known is the memory of stored versions, nil when off.
+	meta  *mongo.Collection
+	known *known
 }
 
 // Open connects to the server, detects FerretDB and settles the write mode. The connection is
@@ -91,6 +97,10 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		s.tries = 10
 	}
 	s.coll = s.db.Collection(o.Collection)
+	s.meta = s.db.Collection(o.Collection + "_meta")
+	if !o.NoMemory {
+		s.known = &known{m: map[string]stored{}}
+	}
 	if err := s.Ping(ctx); err != nil {
 		_ = client.Disconnect(context.WithoutCancel(ctx))
 		return nil, err

@@ -335,12 +335,14 @@ func TestBulkInsertRetriesOnlyDuplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 	docs = docs[:100]
-	s := open(t, store.ModeAuto, "")
+	name := newName()
+	s := open(t, store.ModeAuto, name)
 	var pre []document.Document
 	for i := 0; i < len(docs); i += 4 {
 		pre = append(pre, docs[i])
 	}
-	write(t, s, pre...)
+	// Another store (another loader) wrote some of them: this one does not remember them.
+	write(t, open(t, store.ModeAuto, name), pre...)
 	res, st, err := s.Write(context.Background(), docs)
 	if err != nil {
 		t.Fatal(err)
@@ -445,5 +447,51 @@ func TestEnsureIndexesIdempotent(t *testing.T) {
 	if s.FerretDB() == "" || s.Mode() != store.ModeSingle {
 		t.Errorf("FerretDB %q mode %s: want FerretDB detected and single mode", s.FerretDB(),
 			s.Mode())
+	}
+}
+
+func TestStaleMemoryStaysRight(t *testing.T) {
+	all := realDocs(t)
+	vers := pick(t, all, twoVersions)
+	ics, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := newName()
+	a, b := open(t, store.ModeAuto, name), open(t, store.ModeAuto, name)
+	// a remembers the old version; b stores the new one behind a's back.
+	write(t, a, vers[0], ics[0])
+	write(t, b, vers[1])
+	tests := []struct {
+		name string
+		run  func() store.Outcome
+		want store.Outcome
+		id   string
+	}{
+		{"replace planned from stale memory misses and re-reads", func() store.Outcome {
+			return write(t, a, vers[1])[0].Outcome
+		}, store.Unchanged, vers[1].ID},
+		{"older version from stale memory is out of date", func() store.Outcome {
+			return write(t, a, vers[0])[0].Outcome
+		}, store.OutOfDate, vers[0].ID},
+		{"pruning by another store is seen", func() store.Outcome {
+			if _, err := b.Prune(context.Background(), "ics-attack", nil, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			return write(t, a, ics[0])[0].Outcome
+		}, store.Merged, ics[0].ID},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.run(); got != tc.want {
+				t.Errorf("outcome %s, want %s", got, tc.want)
+			}
+			if m := storedDoc(t, a, tc.id); m[store.FieldRemoved] != nil {
+				t.Errorf("%s still flagged", tc.id)
+			}
+		})
+	}
+	if m := storedDoc(t, a, vers[1].ID); m["_rev"] != vers[1].Rev {
+		t.Errorf("stored _rev %v, want the newer %v", m["_rev"], vers[1].Rev)
 	}
 }

@@ -62,7 +62,11 @@ type Result struct {
 
 // Stats counts the work of one Write, for logs and benchmarks.
 type Stats struct {
-	Inserted, Conflicts, Reads, Writes, Retries int
+	// Inserted went in the bulk insert; Conflicts were already stored; Remembered were decided
+	// from the memory of stored versions without an insert attempt or a read.
+	Inserted, Conflicts, Remembered int
+	// Reads, Writes and Retries count the conflict path's commands and compare-and-set misses.
+	Reads, Writes, Retries int
 }
 
 // stored is the part of a stored document the conflict path reads.
@@ -104,17 +108,48 @@ type group struct {
 // batch again is safe.
 func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, Stats, error) {
 	var st Stats
+	if s.known != nil {
+		if err := s.checkGen(ctx); err != nil {
+			return nil, st, err
+		}
+	}
 	groups := collapse(docs)
 	now := s.now()
+	var fresh []*group
+	var plans []plan
 	for _, g := range groups {
 		g.doc.Provenance.LoadedAt = &now
+		if s.known != nil {
+			if v, ok := s.known.get(g.doc.ID); ok {
+				st.Remembered++
+				p := decide(g, &v)
+				g.outcome = p.outcome
+				if p.filter != nil {
+					plans = append(plans, p)
+				}
+				continue
+			}
+		}
+		fresh = append(fresh, g)
 	}
-	conflicts, err := s.insert(ctx, groups, &st)
+	conflicts, err := s.insert(ctx, fresh, &st)
 	if err != nil {
 		return nil, st, err
 	}
 	if len(conflicts) > 0 {
-		if err := s.resolve(ctx, conflicts, &st); err != nil {
+		more, err := s.resolve(ctx, conflicts, &st)
+		if err != nil {
+			return nil, st, err
+		}
+		plans = append(plans, more...)
+	}
+	if len(plans) > 0 {
+		if s.mode == ModeBulk {
+			err = s.writeBulk(ctx, plans, &st)
+		} else {
+			err = s.writeSingle(ctx, plans, &st)
+		}
+		if err != nil {
 			return nil, st, err
 		}
 	}
@@ -183,6 +218,9 @@ func (s *Store) insert(ctx context.Context, groups []*group, st *Stats) ([]*grou
 	}
 	if err == nil {
 		st.Inserted += len(groups)
+		for _, g := range groups {
+			s.remember(stateOf(&g.doc))
+		}
 		return nil, nil
 	}
 	var bwe mongo.BulkWriteException
@@ -205,6 +243,11 @@ func (s *Store) insert(ctx context.Context, groups []*group, st *Stats) ([]*grou
 	}
 	st.Inserted += len(groups) - len(bwe.WriteErrors)
 	st.Conflicts += len(conflicts)
+	for _, g := range groups {
+		if g.outcome == Added && !slices.Contains(conflicts, g) {
+			s.remember(stateOf(&g.doc))
+		}
+	}
 	return conflicts, nil
 }
 
@@ -314,8 +357,8 @@ func majorOf(v string) int {
 	return n
 }
 
-// resolve decides and writes every conflicting group.
-func (s *Store) resolve(ctx context.Context, gs []*group, st *Stats) error {
+// resolve reads the stored versions of the conflicting groups and returns the writes they need.
+func (s *Store) resolve(ctx context.Context, gs []*group, st *Stats) ([]plan, error) {
 	ids := make([]string, len(gs))
 	for i, g := range gs {
 		ids[i] = g.doc.ID
@@ -323,13 +366,14 @@ func (s *Store) resolve(ctx context.Context, gs []*group, st *Stats) error {
 	cur, err := s.readStored(ctx, ids)
 	st.Reads++
 	if err != nil {
-		return err
+		return nil, err
 	}
-	plans := make([]plan, 0, len(gs))
+	var plans []plan
 	for _, g := range gs {
 		var c *stored
 		if v, ok := cur[g.doc.ID]; ok {
 			c = &v
+			s.remember(v)
 		}
 		p := decide(g, c)
 		g.outcome = p.outcome
@@ -337,13 +381,7 @@ func (s *Store) resolve(ctx context.Context, gs []*group, st *Stats) error {
 			plans = append(plans, p)
 		}
 	}
-	if len(plans) == 0 {
-		return nil
-	}
-	if s.mode == ModeBulk {
-		return s.writeBulk(ctx, plans, st)
-	}
-	return s.writeSingle(ctx, plans, st)
+	return plans, nil
 }
 
 func (s *Store) readStored(ctx context.Context, ids []string) (map[string]stored, error) {
@@ -422,6 +460,9 @@ func (s *Store) apply(ctx context.Context, p plan, st *Stats) error {
 			if err != nil {
 				return err
 			}
+			if cur != nil {
+				s.remember(*cur)
+			}
 			p = decide(p.g, cur)
 			p.g.outcome = p.outcome
 			if p.filter == nil && !p.insert {
@@ -442,6 +483,7 @@ func (s *Store) apply(ctx context.Context, p plan, st *Stats) error {
 			return fmt.Errorf("write %s: %w", p.g.doc.ID, err)
 		}
 		if ok {
+			s.remember(afterPlan(p))
 			return nil
 		}
 	}
@@ -509,6 +551,9 @@ func (s *Store) writeBulk(ctx context.Context, plans []plan, st *Stats) error {
 			}
 		}
 		if err == nil && r.MatchedCount == want && r.InsertedCount == int64(len(chunk))-want {
+			for _, p := range chunk {
+				s.remember(afterPlan(p))
+			}
 			continue
 		}
 		for _, p := range chunk {
@@ -526,6 +571,9 @@ func (s *Store) verify(ctx context.Context, p plan, st *Stats) error {
 	cur, err := s.readOne(ctx, p.g.doc.ID)
 	if err != nil {
 		return err
+	}
+	if cur != nil {
+		s.remember(*cur)
 	}
 	if applied(p, cur) {
 		return nil

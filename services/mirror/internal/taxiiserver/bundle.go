@@ -6,21 +6,19 @@ import (
 	"compress/gzip"
 	"crypto/sha1"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/attack-etl/attack-etl/shared/stix"
 )
-
-// ErrBadBundle means a bundle file is not a STIX bundle: not JSON, or without an objects list.
-var ErrBadBundle = errors.New("not a STIX bundle")
 
 // Object is one STIX object of a collection, kept as the exact bytes of the bundle file.
 type Object struct {
@@ -143,18 +141,30 @@ func LoadBundle(path string) (*Collection, error) {
 			c.Key = k
 		}
 	}
-	for _, raw := range raws {
-		o, coll := parseObject(raw)
-		if coll != nil && c.ID == "" {
-			c.ID, c.Title, c.Description = o.ID, coll.Name, coll.Description
+	c.Objects = c.Objects[:len(raws)]
+	colls := make([]*collectionMeta, len(raws))
+	// Indexing decodes every object once more; spread it over the cores.
+	var wg sync.WaitGroup
+	chunk := (len(raws) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
+	for lo := 0; lo < len(raws); lo += chunk {
+		hi := min(lo+chunk, len(raws))
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				c.Objects[i], colls[i] = parseObject(raws[i])
+			}
+		})
+	}
+	wg.Wait()
+	for i := range c.Objects {
+		if coll := colls[i]; coll != nil && c.ID == "" {
+			c.ID, c.Title, c.Description = c.Objects[i].ID, coll.Name, coll.Description
 			if c.Release == "" {
 				c.Release = coll.Version
 			}
 		}
-		if !o.Valid {
+		if !c.Objects[i].Valid {
 			c.Invalid++
 		}
-		c.Objects = append(c.Objects, o)
 	}
 	if c.ID == "" {
 		if d, ok := attackDomains[c.Key]; ok {

@@ -12,12 +12,6 @@ import (
 	"time"
 )
 
-// ErrDuplicateCollection means two bundle files give the same collection and release.
-var ErrDuplicateCollection = errors.New("duplicate collection")
-
-// ErrNoBundles means the bundle list named no file.
-var ErrNoBundles = errors.New("no bundle files")
-
 // DefaultRoot is the path of the API root that serves the latest release of every collection.
 const DefaultRoot = "/api/v21/"
 

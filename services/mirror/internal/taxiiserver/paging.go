@@ -2,7 +2,6 @@ package taxiiserver
 
 import (
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -11,14 +10,6 @@ import (
 	"time"
 
 	"github.com/attack-etl/attack-etl/shared/stix"
-)
-
-// Sentinel errors of query parameters; the handlers answer them with 400 or 404.
-var (
-	// ErrBadParameter means a query parameter has a malformed value.
-	ErrBadParameter = errors.New("bad query parameter")
-	// ErrPageNotFound means a page-number next points past the end (MITRE mode).
-	ErrPageNotFound = errors.New("page not found")
 )
 
 // dateLayout renders date_added and the X-TAXII-Date-Added-* headers in standard mode.

@@ -7,7 +7,6 @@
 package taxiiserver
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,9 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// ErrNotLoaded means the server was asked to reload before any load.
-var ErrNotLoaded = errors.New("no bundles loaded yet")
 
 // MaxContentLength is the max_content_length the API roots announce. The server accepts no
 // request bodies; the figure only tells clients the size of resource the roots handle.

@@ -9,12 +9,13 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 )
 
-// detailsOf collects the properties that are neither mapped to a top-level field nor dropped.
-// A property named x_mitre_<name> is stored as <name> unless the object also has a property
-// <name>. Keys are made safe for MongoDB (see SafeKey) at every depth, and a list directly
-// inside a list is wrapped as {"items": [...]}, since FerretDB stores no nested arrays. The
-// ATT&CK reference was mapped to attack_id and url; the other references that carry an
-// external_id (such as CAPEC or NIST ids) are kept as external_ids, the citations are dropped.
+// detailsOf collects the properties that are neither mapped to a top-level field nor dropped,
+// leaving out null and empty-string values. A key x_mitre_<name>, at any depth, is stored as
+// <name> unless its object also has a key <name>. Keys are made safe for MongoDB (see SafeKey)
+// at every depth, and a list directly inside a list is wrapped as {"items": [...]}, since
+// FerretDB stores no nested arrays. The ATT&CK reference was mapped to attack_id and url; the
+// other references that carry an external_id (such as CAPEC or NIST ids) are kept as
+// external_ids, the citations are dropped.
 func detailsOf(obj map[string]any, typ string) (map[string]any, error) {
 	out := map[string]any{}
 	keys := make([]string, 0, len(obj))
@@ -23,17 +24,14 @@ func detailsOf(obj map[string]any, typ string) (map[string]any, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if mapped[k] || slices.Contains(mappedByType[typ], k) || slices.Contains(Dropped, k) ||
-			slices.Contains(droppedByType[typ], k) {
+		if mapped[k] || slices.Contains(mappedByType[typ], k) ||
+			slices.Contains(Dropped, k) || slices.Contains(droppedByType[typ], k) {
 			continue
 		}
-		name := k
-		if short, ok := strings.CutPrefix(k, "x_mitre_"); ok && short != "" {
-			if _, taken := obj[short]; !taken {
-				name = short
-			}
+		if v := obj[k]; v == nil || v == "" {
+			continue // nothing to say: absent and empty read alike in queries
 		}
-		if err := put(out, name, obj[k], k); err != nil {
+		if err := put(out, shortName(obj, k), obj[k], k); err != nil {
 			return nil, err
 		}
 	}
@@ -69,6 +67,16 @@ func externalIDs(obj map[string]any) []any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// shortName drops the x_mitre_ prefix of a key unless the object also has the short key.
+func shortName(obj map[string]any, k string) string {
+	if short, ok := strings.CutPrefix(k, "x_mitre_"); ok && short != "" {
+		if _, taken := obj[short]; !taken {
+			return short
+		}
+	}
+	return k
 }
 
 // put stores a sanitised value under the safe spelling of a key, refusing a collision.
@@ -107,7 +115,7 @@ func sanitize(v any, path string) (any, error) {
 			return keys[i] < keys[j]
 		})
 		for _, k := range keys {
-			if err := put(out, k, x[k], path+"."+k); err != nil {
+			if err := put(out, shortName(x, k), x[k], path+"."+k); err != nil {
 				return nil, err
 			}
 		}

@@ -20,6 +20,10 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 )
 
+// stallWait is how long an asynchronous publish waits for room among the unacked publishes
+// (a re-emission can add hundreds of documents to one batch) before it fails.
+const stallWait = 30 * time.Second
+
 // Config shapes a pipeline.
 type Config struct {
 	// Durable is the name of the durable consumer on the raw stream.
@@ -31,7 +35,8 @@ type Config struct {
 	MaxDeliver int
 	// FetchWait is the longest wait for a batch to fill; 2s when zero.
 	FetchWait time.Duration
-	// Workers is the number of raw messages transformed at once; 8 when zero.
+	// Workers is the number of raw messages transformed at once; 32 when zero. Each waits on
+	// key-value round trips more than on the CPU, so more workers than cores pay.
 	Workers int
 	// Grace is how long the batch in hand may take to finish after a stop; 20s when zero.
 	Grace time.Duration
@@ -57,7 +62,7 @@ func New(js jetstream.JetStream, res *resolve.Resolver, cfg Config, log *zap.Log
 		cfg.FetchWait = 2 * time.Second
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 8
+		cfg.Workers = 32
 	}
 	if cfg.Grace <= 0 {
 		cfg.Grace = 20 * time.Second
@@ -222,7 +227,8 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 					msg.Header.Set(bus.HeaderReplay, "true")
 				}
 				msg.Data = out.Body
-				f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(out.MsgID))
+				f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(out.MsgID),
+					jetstream.WithStallWait(stallWait))
 				if err != nil {
 					it.fail = fmt.Errorf("publish %s: %w", out.Subject, err)
 					break
@@ -292,7 +298,8 @@ func (p *Pipeline) forward(it *item, replay bool) {
 	if meta, err := it.msg.Metadata(); err == nil {
 		id += ":" + strconv.FormatUint(meta.Sequence.Stream, 10)
 	}
-	f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(id))
+	f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(id),
+		jetstream.WithStallWait(stallWait))
 	if err != nil {
 		it.fail = fmt.Errorf("forward %s: %w", it.raw.Subject, err)
 		return

@@ -166,8 +166,17 @@ func TestGoldenExpectations(t *testing.T) {
 			b, _ := document.ContentHash(*docs["malware-2_1"])
 			return a == b && a != ""
 		}},
-		{"data component names its data source", func() bool {
-			_, ok := docs["x-mitre-data-component"].Details["data_source_ref"].(string)
+		{"data component keeps its log sources", func() bool {
+			// 18.1 leaves x_mitre_data_source_ref empty: empty values are not stored.
+			d := docs["x-mitre-data-component"]
+			l, ok := d.Details["log_sources"].([]any)
+			_, ref := d.Details["data_source_ref"]
+			return ok && len(l) > 0 && !ref
+		}},
+		{"nested keys lose the x_mitre_ prefix", func() bool {
+			l, _ := docs["x-mitre-analytic"].Details["log_source_references"].([]any)
+			first, _ := l[0].(map[string]any)
+			_, ok := first["data_component_ref"].(string)
 			return ok
 		}},
 		{"detection strategy lists analytics", func() bool {

@@ -1,11 +1,13 @@
 package resolve
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -42,7 +44,8 @@ func OpenKV(ctx context.Context, js jetstream.JetStream, replicas int) (*KVStore
 
 // update applies fn to a key's value with optimistic concurrency: fn gets the stored value
 // (nil when missing) and returns the value to write, or nil to write nothing.
-func (k *KVStore) update(ctx context.Context, key string, fn func(old []byte) ([]byte, error)) error {
+func (k *KVStore) update(ctx context.Context, key string,
+	fn func(old []byte) ([]byte, error)) error {
 	for range maxAttempts {
 		var old []byte
 		var rev uint64
@@ -129,19 +132,16 @@ func (k *KVStore) Summary(ctx context.Context, id string) (*flatten.Summary, err
 	return &s, nil
 }
 
-// AddRef implements Store.
+// AddRef implements Store. The reverse index is stored as lines, one reference each, and
+// only appended to: a popular object (a tactic's technique, Mimikatz) is named by hundreds of
+// relationships, and a JSON list would be decoded whole on every addition.
 func (k *KVStore) AddRef(ctx context.Context, id, ref string) error {
+	line := []byte(ref + "\n")
 	err := k.update(ctx, "r."+id, func(old []byte) ([]byte, error) {
-		var refs []string
-		if old != nil {
-			_ = json.Unmarshal(old, &refs) // an unreadable index is rebuilt
-		}
-		if slices.Contains(refs, ref) {
+		if hasLine(old, line) {
 			return nil, nil
 		}
-		refs = append(refs, ref)
-		slices.Sort(refs)
-		return json.Marshal(refs)
+		return append(slices.Clip(old), line...), nil
 	})
 	if err != nil {
 		return fmt.Errorf("reverse index of %s: %w", id, err)
@@ -149,13 +149,21 @@ func (k *KVStore) AddRef(ctx context.Context, id, ref string) error {
 	return nil
 }
 
+// hasLine tells whether a list of lines holds a line.
+func hasLine(list, line []byte) bool {
+	return bytes.HasPrefix(list, line) || bytes.Contains(list, append([]byte("\n"), line...))
+}
+
 // Refs implements Store.
 func (k *KVStore) Refs(ctx context.Context, id string) ([]string, error) {
-	var refs []string
-	if _, err := k.get(ctx, "r."+id, &refs); err != nil {
-		return nil, err
+	e, err := k.kv.Get(ctx, "r."+id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
 	}
-	return refs, nil
+	if err != nil {
+		return nil, fmt.Errorf("read r.%s: %w", id, err)
+	}
+	return strings.Fields(string(e.Value())), nil
 }
 
 // PutRevokedBy implements Store.

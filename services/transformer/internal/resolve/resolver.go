@@ -186,9 +186,11 @@ func (r *Resolver) object(ctx context.Context, d *document.Document) (string, []
 	if err != nil {
 		return "", nil, err
 	}
-	rb, err := r.Store.RevokedBy(ctx, d.ID)
-	if err != nil {
-		return "", nil, err
+	var rb *flatten.RevokedBy
+	if d.Revoked { // only a revoked object shows its replacement
+		if rb, err = r.Store.RevokedBy(ctx, d.ID); err != nil {
+			return "", nil, err
+		}
 	}
 	derived := flatten.ApplyRevokedBy(d, rb)
 	if !changed {

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	mongodrv "go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/attack-etl/attack-etl/services/loader/internal/fixture"
+	"github.com/attack-etl/attack-etl/shared/bus"
+)
+
+// TestRunLoadsAndStops runs the whole loader (configuration, indexes, consumer) against a
+// local stack, and checks that it stores every document and returns nil when stopped.
+func TestRunLoadsAndStops(t *testing.T) {
+	s := fixture.StartStack(t, true, true)
+	docs, err := fixture.Docs("run-main", func(r fixture.Row) bool {
+		return r.Collection == "ics-attack"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--nats-url", s.NATSURL, "--mongo-uri", s.MongoURI,
+			"--db-name", "maintest", "--log-format", "json", "--log-level", "warn",
+			"--loader-batch-wait", "200ms"})
+	}()
+	nc, err := nats.Connect(s.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixture.Eventually(t, 30*time.Second, "flat stream created", func() bool {
+		_, err := js.Stream(ctx, bus.StreamFlat)
+		return err == nil
+	})
+	for _, d := range docs {
+		b, _ := json.Marshal(d)
+		m := nats.NewMsg(bus.FlatSubject("ics-attack", d.Type))
+		m.Data = b
+		m.Header.Set(bus.HeaderRunID, "run-main")
+		m.Header.Set(bus.HeaderCollection, "ics-attack")
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mc, err := mongodrv.Connect(options.Client().ApplyURI(s.MongoURI))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = mc.Disconnect(context.Background()) }()
+	coll := mc.Database("maintest").Collection("objects")
+	fixture.Eventually(t, 60*time.Second, "every document stored", func() bool {
+		n, err := coll.CountDocuments(ctx, bson.D{})
+		return err == nil && n == int64(len(docs))
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v, want nil on shutdown", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("loader did not stop within 30s")
+	}
+	var run bson.M
+	if err := mc.Database("maintest").Collection("objects_runs").FindOne(context.Background(),
+		bson.D{{Key: "_id", Value: "run-main"}}).Decode(&run); err != nil {
+		t.Fatalf("run report: %v", err)
+	}
+}

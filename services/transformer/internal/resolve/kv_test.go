@@ -1,0 +1,139 @@
+package resolve_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/attack-etl/attack-etl/services/transformer/internal/flatten"
+	"github.com/attack-etl/attack-etl/services/transformer/internal/rawtest"
+	"github.com/attack-etl/attack-etl/services/transformer/internal/resolve"
+	"github.com/attack-etl/attack-etl/shared/localstack"
+)
+
+func openKV(t *testing.T) *resolve.KVStore {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bin := filepath.Join(rawtest.TestdataDir(), "..", "..", "..", ".local", "bin")
+	if _, err := os.Stat(filepath.Join(bin, "nats-server")); err != nil {
+		t.Skipf("nats-server not built in %s", bin)
+	}
+	st, err := localstack.Start(ctx, localstack.Options{Dir: t.TempDir(), BinDir: bin, NATS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Stop)
+	nc, err := nats.Connect(st.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := resolve.OpenKV(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+// TestKVStoreConcurrentWriters checks the optimistic concurrency: writers racing on one key
+// lose no update.
+func TestKVStoreConcurrentWriters(t *testing.T) {
+	kv := openKV(t)
+	ctx := context.Background()
+	const id = "attack-pattern--0f4a0c76-ab2d-4cb0-85d3-3f0efb8cba0d"
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			ref := fmt.Sprintf("enterprise-attack/relationship--%02d", i)
+			if err := kv.AddRef(ctx, id, ref); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			s := flatten.Summary{Type: "attack-pattern", Name: "T",
+				Modified:    fmt.Sprintf("2020-01-01T00:00:%02d.000000000Z", i%10),
+				Collections: []string{fmt.Sprintf("c%02d", i)}}
+			if _, _, err := kv.PutSummary(ctx, id, s); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	refs, err := kv.Refs(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) != 24 {
+		t.Errorf("%d refs after 24 concurrent adds", len(refs))
+	}
+	s, err := kv.Summary(ctx, id)
+	if err != nil || s == nil {
+		t.Fatalf("summary: %v %v", s, err)
+	}
+	if s.Modified != "2020-01-01T00:00:09.000000000Z" || len(s.Collections) != 24 {
+		t.Errorf("summary kept %s with %d collections, want the newest with 24", s.Modified,
+			len(s.Collections))
+	}
+}
+
+func TestKVStoreSummaryVersions(t *testing.T) {
+	kv := openKV(t)
+	ctx := context.Background()
+	const id = "tool--0f4a0c76-ab2d-4cb0-85d3-3f0efb8cba0d"
+	v1 := flatten.Summary{Type: "tool", Name: "A", Modified: "2020-01-01T00:00:00.000000000Z",
+		Collections: []string{"enterprise-attack"}}
+	v2 := v1
+	v2.Name, v2.Modified = "B", "2021-01-01T00:00:00.000000000Z"
+	v1ics := v1
+	v1ics.Collections = []string{"ics-attack"}
+	steps := []struct {
+		name        string
+		put         flatten.Summary
+		changed     bool
+		wantName    string
+		collections int
+	}{
+		{"new object", v1, true, "A", 1},
+		{"same version again", v1, false, "A", 1},
+		{"same version from another collection", v1ics, false, "A", 2},
+		{"newer version", v2, true, "B", 2},
+		{"older version late", v1, false, "B", 2},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			stored, changed, err := kv.PutSummary(ctx, id, s.put)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if changed != s.changed || stored.Name != s.wantName ||
+				len(stored.Collections) != s.collections {
+				t.Errorf("changed %v name %q collections %v; want %v %q %d", changed,
+					stored.Name, stored.Collections, s.changed, s.wantName, s.collections)
+			}
+		})
+	}
+	rb := flatten.RevokedBy{By: "tool--1", Relationship: "relationship--1",
+		Modified: "2020-01-01T00:00:00.000000000Z"}
+	for i, want := range []bool{true, false} {
+		changed, err := kv.PutRevokedBy(ctx, id, rb)
+		if err != nil || changed != want {
+			t.Errorf("PutRevokedBy #%d: changed %v err %v, want %v", i, changed, err, want)
+		}
+	}
+	got, err := kv.RevokedBy(ctx, id)
+	if err != nil || got == nil || got.By != "tool--1" {
+		t.Errorf("RevokedBy: %+v %v", got, err)
+	}
+}
