@@ -111,7 +111,10 @@ func MakeRev(stixModified string, schema int, derived, contentHash string) (stri
 	if err != nil {
 		return "", fmt.Errorf("rev of %q: %w", stixModified, err)
 	}
-	return fmt.Sprintf("%s|s%04d|%s|%s", stamp, schema, derived, contentHash), nil
+	// The separator after the variable-length derived stamp sorts below every character a
+	// derived stamp uses (digits, letters, '-', ',', '.', ':'), so that a derived stamp that
+	// is a prefix of another, such as the empty one, sorts first.
+	return fmt.Sprintf("%s|s%04d|%s#%s", stamp, schema, derived, contentHash), nil
 }
 
 // ContentHash hashes what a document says, leaving out what the loader merges or stamps
