@@ -173,6 +173,14 @@ func Main(ctx context.Context, args []string) error {
 		return err
 	}
 	conn.Store(nc)
+	// A message carries headers beside the object: keep 16 KiB of the server's payload limit
+	// for them, so that an object that passes MAX_OBJECT_BYTES is never refused by NATS.
+	if limit := int(nc.MaxPayload()) - 16<<10; maxObj > limit {
+		log.Warn("MAX_OBJECT_BYTES exceeds what the NATS server accepts; lowered",
+			zap.Int("max_object_bytes", maxObj), zap.Int("lowered_to", limit),
+			zap.Int64("nats_max_payload", nc.MaxPayload()))
+		maxObj = limit
+	}
 	defer func() {
 		// A deliberate close is no disconnection worth a warning.
 		nc.SetDisconnectErrHandler(nil)
@@ -213,8 +221,8 @@ func Main(ctx context.Context, args []string) error {
 			return err
 		}
 		if err != nil {
-			log.Error("run failed; trying again at the next interval", zap.Error(err),
-				zap.Duration("wait", s.watch))
+			log.Error("run failed; trying again at the next interval",
+				zap.String("error", config.RedactText(err.Error())), zap.Duration("wait", s.watch))
 		}
 		log.Info("waiting for the next run", zap.Duration("wait", s.watch))
 		select {
@@ -256,8 +264,14 @@ func runOnce(ctx context.Context, log *zap.Logger, src origin, syncer *sync.Sync
 			fields = append(fields, zap.String("added_after", st.AddedAfter),
 				zap.String("checkpoint", st.Checkpoint))
 		}
+		if errors.Is(err, sync.ErrStopped) {
+			log.Info("collection stopped after the page in hand", fields...)
+			errs = append(errs, fmt.Errorf("collection %s: %w", c.Key, err))
+			break
+		}
 		if err != nil {
-			log.Error("collection failed", append(fields, zap.Error(err))...)
+			log.Error("collection failed", append(fields,
+				zap.String("error", config.RedactText(err.Error())))...)
 			errs = append(errs, fmt.Errorf("collection %s: %w", c.Key, err))
 			if ctx.Err() != nil {
 				break
@@ -297,7 +311,8 @@ func events(log *zap.Logger, m *ops.Metrics) sync.Events {
 			m.Published.WithLabelValues(c.Key, ops.OutcomeRejected).Add(float64(p.Rejected))
 		},
 		Warn: func(c sync.Collection, msg string, err error) {
-			log.Warn(msg, zap.String("collection", c.Key), zap.Error(err))
+			log.Warn(msg, zap.String("collection", c.Key),
+				zap.String("error", config.RedactText(err.Error())))
 		},
 		DeadLetter: func(c sync.Collection, kind bus.Kind) {
 			m.DeadLettered.WithLabelValues(sync.Stage, string(kind)).Inc()

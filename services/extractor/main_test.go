@@ -257,3 +257,53 @@ func TestMainMITRERequestBudget(t *testing.T) {
 		}
 	}
 }
+
+func TestMainSelectsCollections(t *testing.T) {
+	objs := icsCollection(t, "testdata/ics-18.1-slice.json").Objects
+	newServer := func() *taxiitest.Server {
+		return taxiitest.New(
+			&taxiitest.Collection{ID: "x-mitre-collection--dac0d2d7-8653-445c-9bff-82f934c1e858",
+				Title: "Mobile ATT&CK", Objects: objs[:10]},
+			&taxiitest.Collection{ID: icsID, Title: "ICS ATT&CK", Objects: objs[10:]})
+	}
+	tests := []struct {
+		name       string
+		want       string
+		wantMobile uint64
+		wantICS    uint64
+		wantErr    string
+	}{
+		{name: "empty selection reads every collection", wantMobile: 10, wantICS: 20},
+		{name: "by title, any case", want: "ics att&ck", wantICS: 20},
+		{name: "by id", want: icsID, wantICS: 20},
+		{name: "by collection key, two of them", want: "mobile-attack,ics-attack",
+			wantMobile: 10, wantICS: 20},
+		{name: "a name the server does not serve fails the run", want: "ICS ATT&CK,PRE-ATT&CK",
+			wantErr: "PRE-ATT&CK"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := natstest.Start(t)
+			srv := newServer()
+			defer srv.Close()
+			err := Main(context.Background(), args(ns.URL, "--taxii-api-url", srv.RootURL(),
+				"--taxii-collections", tc.want))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one naming %q", err, tc.wantErr)
+				}
+				if got := rawCount(t, ns.JS, "ics-attack"); got != 0 {
+					t.Errorf("published %d before failing, want 0", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, i := rawCount(t, ns.JS, "mobile-attack"), rawCount(t, ns.JS,
+				"ics-attack"); m != tc.wantMobile || i != tc.wantICS {
+				t.Fatalf("mobile %d ics %d, want %d and %d", m, i, tc.wantMobile, tc.wantICS)
+			}
+		})
+	}
+}

@@ -140,7 +140,7 @@ func (t *taxiiSource) collections(ctx context.Context) ([]sync.Collection, runIn
 	roots, skipped, err := t.client.Resolve(ctx, t.url)
 	for _, s := range skipped {
 		t.log.Warn("API root listed by discovery answers 404; skipped",
-			zap.String("api_root", s.URL), zap.Error(s.Err))
+			zap.String("api_root", s.URL), zap.String("error", config.RedactText(s.Err.Error())))
 	}
 	if err != nil {
 		return nil, info, err

@@ -23,6 +23,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/document"
 	"github.com/attack-etl/attack-etl/shared/logging"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 func main() {
@@ -40,15 +41,18 @@ func main() {
 // run wires the transformer: configuration, logging, NATS, streams, the resolver's store and
 // the pipeline; it returns when ctx ends (live) or the replay is done.
 func run(ctx context.Context, args []string) error {
-	var replay bool
+	var replay, healthcheck bool
 	cfg, err := config.Load("transformer",
 		config.Join(config.Common, config.NATS, config.Transformer), args,
 		func(fs *pflag.FlagSet) {
 			fs.BoolVar(&replay, "replay", false,
 				"re-transform every raw object kept in STIX_RAW, publish the documents and exit")
-		})
+		}, ops.HealthCheckFlag(&healthcheck))
 	if err != nil {
 		return err
+	}
+	if healthcheck {
+		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
 	}
 	log, err := logging.New("transformer", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
@@ -67,6 +71,24 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
+	reg := ops.NewRegistry()
+	settings.pipeline.Metrics = ops.NewMetrics(reg)
+	opsSrv, err := ops.Serve(ctx, cfg.String("METRICS_ADDR"), reg, ops.NATSConnected(nc))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = opsSrv.Shutdown(stopCtx)
+	}()
+	if opsSrv.Enabled() {
+		log.Info("serving metrics and health", zap.String("addr", opsSrv.Addr()))
+	}
+	go func() {
+		<-ctx.Done()
+		opsSrv.MarkStopping()
+	}()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
 	if err != nil {
 		return fmt.Errorf("open JetStream: %w", err)
@@ -84,6 +106,16 @@ func run(ctx context.Context, args []string) error {
 	}
 	res := &resolve.Resolver{Store: store, Raw: raw, SchemaVersion: settings.schema,
 		MaxBytes: settings.maxBytes}
+	if replay {
+		start := time.Now()
+		snap, err := resolve.NewSnapshot(ctx, store)
+		if err != nil {
+			return err
+		}
+		res.Store = snap
+		log.Info("read the resolver's bucket for the replay", zap.String("bucket", resolve.Bucket),
+			zap.Int("keys", snap.Len()), zap.Duration("took", time.Since(start)))
+	}
 	p := pipeline.New(js, res, settings.pipeline, log)
 
 	if replay {

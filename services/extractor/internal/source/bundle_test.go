@@ -29,14 +29,14 @@ func TestRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	enterprise := filepath.Join(dir, "enterprise.json")
-	if err := os.WriteFile(enterprise, []byte(`{"type":"bundle","id":"bundle--enterprise-attack",`+
-		`"objects":[{"type":"attack-pattern","id":"attack-pattern--00000000-0000-4000-8000-000000000001"}]}`),
-		0o600); err != nil {
+	if err := os.WriteFile(enterprise, []byte(`{"type":"bundle",`+
+		`"id":"bundle--enterprise-attack","objects":[{"type":"attack-pattern",`+
+		`"id":"attack-pattern--00000000-0000-4000-8000-000000000001"}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	other := filepath.Join(dir, "custom-intel.json")
-	if err := os.WriteFile(other, []byte(`{"type":"bundle","id":"bundle--6ad9e2a4-7c44-4ad8-a1a2-3b9b1e1d0b6e",`+
-		`"objects":[]}`), 0o600); err != nil {
+	if err := os.WriteFile(other, []byte(`{"type":"bundle",`+
+		`"id":"bundle--6ad9e2a4-7c44-4ad8-a1a2-3b9b1e1d0b6e","objects":[]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

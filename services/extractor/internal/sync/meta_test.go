@@ -26,8 +26,9 @@ func TestParseMetaAgrees(t *testing.T) {
 	tests := []struct{ name, raw string }{
 		{"plain object", `{"type":"tool","id":"tool--00000000-0000-4000-8000-000000000001",` +
 			`"created":"2020-01-01T00:00:00Z","modified":"2021-01-01T00:00:00.123Z"}`},
-		{"spaces and nesting before the id", " {\n \"x\": {\"id\": \"no\", \"l\": [1, {\"a\": \"}\"}]},\n" +
-			" \"type\": \"tool\", \"id\": \"tool--00000000-0000-4000-8000-000000000001\"}\n"},
+		{"spaces and nesting before the id",
+			" {\n \"x\": {\"id\": \"no\", \"l\": [1, {\"a\": \"}\"}]},\n" +
+				" \"type\": \"tool\", \"id\": \"tool--00000000-0000-4000-8000-000000000001\"}\n"},
 		{"escaped quote in a skipped value", `{"d":"say \"hi\" }","type":"tool",` +
 			`"id":"tool--00000000-0000-4000-8000-000000000001"}`},
 		{"escape in a wanted value falls back", `{"type":"to\u006fl",` +

@@ -183,23 +183,24 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (st Stats, err error) {
 		rejected, unchanged := 0, 0
 		for _, raw := range p.Objects {
 			st.Served++
-			msg, id, err := s.message(ctx, c, raw, held, fetched, st.Mode)
+			msg, out, id, err := s.message(ctx, c, raw, held, fetched, st.Mode)
+			if err != nil {
+				return err
+			}
 			if id != "" && !seen[id] {
 				seen[id] = true
 				served = append(served, id)
 			}
-			switch {
-			case err != nil:
-				return err
-			case msg == rejectedMsg:
+			switch out {
+			case outRejected:
 				rejected++
-			case msg == unchangedMsg:
+			case outUnchanged:
 				st.Unchanged++
 				unchanged++
-			case msg == olderMsg:
+			case outOlder:
 				st.Older++
 				unchanged++
-			default:
+			case outNew:
 				msgs = append(msgs, msg)
 			}
 		}
@@ -249,22 +250,28 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (st Stats, err error) {
 	return st, nil
 }
 
-// Sentinel messages message returns for objects it does not publish.
-var (
-	rejectedMsg  = &nats.Msg{}
-	unchangedMsg = &nats.Msg{}
-	olderMsg     = &nats.Msg{}
+// outcome is what becomes of one served object.
+type outcome int
+
+const (
+	// outNew: a version the pipeline does not hold; it is published.
+	outNew outcome = iota
+	// outUnchanged: the version the pipeline holds.
+	outUnchanged
+	// outOlder: older than the version the pipeline holds.
+	outOlder
+	// outRejected: dead-lettered.
+	outRejected
 )
 
-// message builds the raw message of an object, or returns a sentinel: the object was
-// dead-lettered (rejectedMsg), its version is held (unchangedMsg) or older than the held one
-// (olderMsg). The id is returned whenever it could be read. An error means a dead letter could
-// not be stored.
+// message decides what becomes of an object and, for a new version, builds its raw message.
+// The id is returned whenever it could be read. An error means a dead letter could not be
+// stored.
 func (s *Syncer) message(ctx context.Context, c Collection, raw json.RawMessage, held Held,
-	fetched, mode string) (*nats.Msg, string, error) {
+	fetched, mode string) (*nats.Msg, outcome, string, error) {
 	meta, perr := parseMeta(raw)
 	if perr == nil && s.opts.MaxObjectBytes > 0 && len(raw) > s.opts.MaxObjectBytes {
-		return rejectedMsg, meta.ID, s.deadLetter(ctx, c, meta.ID, bus.KindTooLarge,
+		return nil, outRejected, meta.ID, s.deadLetter(ctx, c, meta.ID, bus.KindTooLarge,
 			fmt.Sprintf("object %s is %d bytes, more than MAX_OBJECT_BYTES %d", meta.ID, len(raw),
 				s.opts.MaxObjectBytes), raw)
 	}
@@ -273,14 +280,14 @@ func (s *Syncer) message(ctx context.Context, c Collection, raw json.RawMessage,
 		if errors.Is(perr, stix.ErrNotJSON) {
 			kind = bus.KindNotJSON
 		}
-		return rejectedMsg, meta.ID, s.deadLetter(ctx, c, meta.ID, kind, perr.Error(), raw)
+		return nil, outRejected, meta.ID, s.deadLetter(ctx, c, meta.ID, kind, perr.Error(), raw)
 	}
 	stamp := meta.VersionStamp()
 	if !held.Newer(meta.ID, stamp) {
 		if stix.CompareStamps(stamp, held[meta.ID]) < 0 {
-			return olderMsg, meta.ID, nil
+			return nil, outOlder, meta.ID, nil
 		}
-		return unchangedMsg, meta.ID, nil
+		return nil, outUnchanged, meta.ID, nil
 	}
 	held[meta.ID] = stamp
 	m := nats.NewMsg(bus.RawSubject(c.Key, meta.ID))
@@ -296,7 +303,7 @@ func (s *Syncer) message(ctx context.Context, c Collection, raw json.RawMessage,
 	m.Header.Set(bus.HeaderFetchedAt, fetched)
 	m.Header.Set(bus.HeaderSyncMode, mode)
 	m.Data = raw
-	return m, meta.ID, nil
+	return m, outNew, meta.ID, nil
 }
 
 // deadLetterBodyMax bounds the body of a dead letter for an object too large to publish: its

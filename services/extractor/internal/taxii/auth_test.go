@@ -86,7 +86,8 @@ func TestAuthentication(t *testing.T) {
 func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+	block := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+	if err := os.WriteFile(p, block, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return p

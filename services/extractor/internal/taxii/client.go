@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -147,6 +148,9 @@ type Client struct {
 	opts     Options
 	limiter  *rate.Limiter
 	requests atomic.Int64
+	// secrets masks the credentials in text quoted from answers: a server that echoes the
+	// Authorization header in an error page must not put it in our errors and logs.
+	secrets *strings.Replacer
 }
 
 // New returns a client for the server of base, the configured discovery or API root URL. User
@@ -183,7 +187,7 @@ func New(base string, o Options) (*Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = o.Proxy
 	tr.TLSClientConfig = tlsCfg
-	c := &Client{http: &http.Client{Transport: tr}, opts: o}
+	c := &Client{http: &http.Client{Transport: tr}, opts: o, secrets: secretsReplacer(o)}
 	rpm := o.RequestsPerMinute
 	if rpm == 0 {
 		rpm = DefaultRequestsPerMinute(u.Host)
@@ -228,6 +232,21 @@ func StripCredentials(raw string) string {
 	}
 	u.User = nil
 	return u.String()
+}
+
+func secretsReplacer(o Options) *strings.Replacer {
+	var pairs []string
+	add := func(s string) {
+		if len(s) >= 3 {
+			pairs = append(pairs, s, "xxxxx")
+		}
+	}
+	add(o.Token)
+	add(o.Password)
+	if o.User != "" {
+		add(base64.StdEncoding.EncodeToString([]byte(o.User + ":" + o.Password)))
+	}
+	return strings.NewReplacer(pairs...)
 }
 
 func tlsConfig(o Options) (*tls.Config, error) {
@@ -382,7 +401,7 @@ func (c *Client) once(ctx context.Context, u string, into any) (answer, error) {
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		herr := &HTTPError{Method: http.MethodGet, URL: u, Status: resp.StatusCode,
-			StatusText: resp.Status, Body: bodyStart(body)}
+			StatusText: resp.Status, Body: c.quote(body)}
 		switch {
 		case resp.StatusCode == http.StatusTooManyRequests ||
 			resp.StatusCode == http.StatusServiceUnavailable:
@@ -393,28 +412,31 @@ func (c *Client) once(ctx context.Context, u string, into any) (answer, error) {
 		}
 		return answer{}, herr
 	}
-	if err := checkMediaType(resp.Header.Get("Content-Type"), body); err != nil {
+	if err := c.checkMediaType(resp.Header.Get("Content-Type"), body); err != nil {
 		return answer{}, fmt.Errorf("GET %s: %s: %w", u, resp.Status, err)
 	}
 	if err := json.Unmarshal(body, into); err != nil {
 		// A TAXII answer that is not valid JSON was most likely cut off on the way.
 		return answer{}, &retryable{kind: "bad_json", err: fmt.Errorf(
 			"GET %s: %s: invalid JSON after %d bytes (cut off?): %v: body starts %q", u,
-			resp.Status, len(body), err, bodyStart(body))}
+			resp.Status, len(body), err, c.quote(body))}
 	}
 	return answer{Header: resp.Header}, nil
 }
 
+// quote returns the start of a body for an error message, credentials masked.
+func (c *Client) quote(body []byte) string { return c.secrets.Replace(bodyStart(body)) }
+
 // checkMediaType accepts the TAXII and STIX media types and plain JSON; a missing type is
 // accepted when the body looks like a JSON object. Anything else, such as an HTML error page
 // sent with status 200, is ErrNotTAXII quoting the start of the body.
-func checkMediaType(ct string, body []byte) error {
+func (c *Client) checkMediaType(ct string, body []byte) error {
 	if strings.TrimSpace(ct) == "" {
 		if b := strings.TrimSpace(string(body[:min(len(body), 64)])); strings.HasPrefix(b, "{") {
 			return nil
 		}
 		return fmt.Errorf("%w: no content type and the body starts %q", ErrNotTAXII,
-			bodyStart(body))
+			c.quote(body))
 	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if err == nil {
@@ -424,7 +446,7 @@ func checkMediaType(ct string, body []byte) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: content type %q, body starts %q", ErrNotTAXII, ct, bodyStart(body))
+	return fmt.Errorf("%w: content type %q, body starts %q", ErrNotTAXII, ct, c.quote(body))
 }
 
 // bodyStart returns the first 200 bytes of a body as valid UTF-8 on one line.

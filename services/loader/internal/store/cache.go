@@ -2,14 +2,13 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/attack-etl/attack-etl/shared/document"
@@ -25,12 +24,14 @@ import (
 // not written ("unchanged" or "out of date"); a document it says is older is written with a
 // compare-and-set on the remembered version, which re-reads when the memory was stale.
 type known struct {
-	mu  sync.Mutex
-	m   map[string]stored
-	gen string
+	mu sync.Mutex
+	m  map[string]stored
+	// seen holds the pruning events already applied; since is the latest event's time.
+	seen  map[string]bool
+	since time.Time
 }
 
-const metaPruneID = "prune"
+var seq atomic.Uint64
 
 func (k *known) get(id string) (stored, bool) {
 	k.mu.Lock()
@@ -82,8 +83,7 @@ func (s *Store) Warm(ctx context.Context) (int, error) {
 	if s.known == nil {
 		return 0, nil
 	}
-	gen, err := s.pruneGen(ctx)
-	if err != nil {
+	if err := s.checkEvents(ctx); err != nil {
 		return 0, err
 	}
 	cur, err := s.coll.Find(ctx, bson.D{}, options.Find().SetProjection(storedProjection))
@@ -96,50 +96,73 @@ func (s *Store) Warm(ctx context.Context) (int, error) {
 	}
 	s.known.mu.Lock()
 	defer s.known.mu.Unlock()
-	s.known.gen = gen
 	for _, v := range all {
 		s.known.m[v.ID] = v
 	}
 	return len(all), nil
 }
 
-// checkGen forgets the memory when pruning ran since it was filled.
-func (s *Store) checkGen(ctx context.Context) error {
-	gen, err := s.pruneGen(ctx)
+// pruneEvent records the ids one pruning changed, so that every store forgets just those.
+type pruneEvent struct {
+	ID  string    `bson:"_id"`
+	At  time.Time `bson:"at"`
+	IDs []string  `bson:"ids"`
+	// All is set when the ids were too many to list: every store forgets everything.
+	All bool `bson:"all"`
+}
+
+// maxEventIDs is the most ids one pruning event lists.
+const maxEventIDs = 20000
+
+// eventLookback is how far back a store reads pruning events, beyond the last it saw, to
+// allow for clocks that differ between loaders.
+const eventLookback = 10 * time.Minute
+
+// checkEvents forgets what pruning changed since the store last looked.
+func (s *Store) checkEvents(ctx context.Context) error {
+	s.known.mu.Lock()
+	since := s.known.since
+	s.known.mu.Unlock()
+	cur, err := s.meta.Find(ctx, bson.D{{Key: "at", Value: bson.D{{Key: "$gte",
+		Value: since.Add(-eventLookback)}}}})
 	if err != nil {
-		return err
+		return fmt.Errorf("read pruning events: %w", err)
+	}
+	var evs []pruneEvent
+	if err := cur.All(ctx, &evs); err != nil {
+		return fmt.Errorf("read pruning events: %w", err)
 	}
 	s.known.mu.Lock()
 	defer s.known.mu.Unlock()
-	if gen != s.known.gen {
-		s.known.m = map[string]stored{}
-		s.known.gen = gen
+	for _, ev := range evs {
+		if s.known.seen[ev.ID] {
+			continue
+		}
+		s.known.seen[ev.ID] = true
+		if ev.All {
+			s.known.m = map[string]stored{}
+		}
+		for _, id := range ev.IDs {
+			delete(s.known.m, id)
+		}
+		if ev.At.After(s.known.since) {
+			s.known.since = ev.At
+		}
 	}
 	return nil
 }
 
-func (s *Store) pruneGen(ctx context.Context) (string, error) {
-	var meta struct {
-		Gen string `bson:"gen"`
+// announce records a pruning event naming the ids it changes.
+func (s *Store) announce(ctx context.Context, ids []string) error {
+	now := time.Now().UTC()
+	ev := pruneEvent{ID: strconv.FormatInt(now.UnixNano(), 36) + "-" +
+		strconv.FormatInt(int64(len(ids)), 36) + "-" + strconv.FormatUint(seq.Add(1), 36),
+		At: now, IDs: ids}
+	if len(ids) > maxEventIDs {
+		ev.IDs, ev.All = nil, true
 	}
-	err := s.meta.FindOne(ctx, bson.D{{Key: "_id", Value: metaPruneID}}).Decode(&meta)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("read pruning generation: %w", err)
-	}
-	return meta.Gen, nil
-}
-
-// bumpGen tells every store that pruning changed documents.
-func (s *Store) bumpGen(ctx context.Context, at time.Time) error {
-	gen := strconv.FormatInt(time.Now().UnixNano(), 36) + "@" + at.Format(time.RFC3339Nano)
-	_, err := s.meta.UpdateOne(ctx, bson.D{{Key: "_id", Value: metaPruneID}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "gen", Value: gen}, {Key: "at", Value: at}}}},
-		options.UpdateOne().SetUpsert(true))
-	if err != nil {
-		return fmt.Errorf("record pruning generation: %w", err)
+	if _, err := s.meta.InsertOne(ctx, ev); err != nil {
+		return fmt.Errorf("record pruning event: %w", err)
 	}
 	return nil
 }

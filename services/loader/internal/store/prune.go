@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -45,16 +46,6 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 		return res, fmt.Errorf("list documents of %s: %w", collection, err)
 	}
 	res.Checked = len(docs)
-	// Stores forget their memory of stored versions before and after the changes, so that
-	// none skips a document pruning changed.
-	if err := s.bumpGen(ctx, at); err != nil {
-		return res, err
-	}
-	defer func() {
-		if err := s.bumpGen(context.WithoutCancel(ctx), at); err != nil && retErr == nil {
-			retErr = err
-		}
-	}()
 	for _, d := range docs {
 		if _, ok := served[d.ID]; ok {
 			continue
@@ -65,6 +56,20 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 			res.Flagged = append(res.Flagged, d.ID)
 		}
 	}
+	changed := slices.Concat(res.Detached, res.Flagged)
+	if len(changed) == 0 {
+		return res, nil
+	}
+	// Every store forgets its memory of these ids before and after the changes, so that none
+	// skips a document pruning changed.
+	if err := s.announce(ctx, changed); err != nil {
+		return res, err
+	}
+	defer func() {
+		if err := s.announce(context.WithoutCancel(ctx), changed); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
 	for start := 0; start < len(res.Detached); start += pruneChunk {
 		ids := res.Detached[start:min(start+pruneChunk, len(res.Detached))]
 		_, err := s.coll.UpdateMany(ctx,

@@ -66,7 +66,7 @@ type Store struct {
 	// bulkChunk is the most models sent in one BulkWrite; tests set it to 1.
 	bulkChunk int
 	now       func() time.Time
-	// meta holds the pruning generation; known is the memory of stored versions, nil when off.
+	// meta holds the pruning events; known is the memory of stored versions, nil when off.
 	meta  *mongo.Collection
 	known *known
 }
@@ -99,7 +99,8 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	s.coll = s.db.Collection(o.Collection)
 	s.meta = s.db.Collection(o.Collection + "_meta")
 	if !o.NoMemory {
-		s.known = &known{m: map[string]stored{}}
+		s.known = &known{m: map[string]stored{}, seen: map[string]bool{},
+			since: time.Now().UTC()}
 	}
 	if err := s.Ping(ctx); err != nil {
 		_ = client.Disconnect(context.WithoutCancel(ctx))

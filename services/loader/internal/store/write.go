@@ -109,7 +109,7 @@ type group struct {
 func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, Stats, error) {
 	var st Stats
 	if s.known != nil {
-		if err := s.checkGen(ctx); err != nil {
+		if err := s.checkEvents(ctx); err != nil {
 			return nil, st, err
 		}
 	}

@@ -41,7 +41,7 @@ func BenchmarkRealNATS(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		if i == 0 {
 			lctx, cancel := context.WithCancel(ctx)
-			p := newPipeline(b, js, 0)
+			p := newPipeline(b, js, 0, false)
 			done := make(chan error, 1)
 			start := time.Now()
 			go func() { done <- p.Run(lctx) }()
@@ -55,7 +55,7 @@ func BenchmarkRealNATS(b *testing.B) {
 			b.ReportMetric(float64(len(msgs))/took.Seconds(), "live-objects/s")
 			b.ReportMetric(float64(s.ReEmitted), "live-re-emitted")
 		}
-		rp := newPipeline(b, js, 2+i)
+		rp := newPipeline(b, js, 2+i, true)
 		start := time.Now()
 		if err := rp.Replay(ctx); err != nil {
 			b.Fatal(err)

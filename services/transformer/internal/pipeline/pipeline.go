@@ -18,6 +18,7 @@ import (
 
 	"github.com/attack-etl/attack-etl/services/transformer/internal/resolve"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 // stallWait is how long an asynchronous publish waits for room among the unacked publishes
@@ -42,6 +43,8 @@ type Config struct {
 	Grace time.Duration
 	// Progress is the interval of progress log lines; 5s when zero.
 	Progress time.Duration
+	// Metrics receives the transformer's attack_etl_* metrics; nil records none.
+	Metrics *ops.Metrics
 }
 
 // Pipeline moves raw messages through a Resolver to the flattened stream.
@@ -101,6 +104,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	stop := p.progress(ctx, "transforming")
 	defer stop()
+	if m := p.cfg.Metrics; m != nil {
+		lagCtx, cancelLag := context.WithCancel(ctx)
+		defer cancelLag()
+		go m.WatchConsumerLag(lagCtx, cons, ops.DefaultLagInterval, nil)
+	}
 	for ctx.Err() == nil {
 		msgs, err := p.fetch(ctx, cons)
 		if err != nil {
@@ -118,14 +126,27 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.handle(hctx, msgs, false)
 		cancel()
 	}
+	p.log.Info("stopping: fetching ended and the batch in hand was settled",
+		zap.String("consumer", p.cfg.Durable))
 	return nil
 }
 
 // Replay re-transforms the latest raw message of every object kept in the raw stream (an
 // ordered consumer delivering the last message per subject) and returns when it reached the
 // end of the stream as it was when the replay started. Nothing is acked: the live consumer's
-// position is untouched.
+// position is untouched. It returns an error when a message could not be transformed or
+// published, so that the replay is run again.
 func (p *Pipeline) Replay(ctx context.Context) error {
+	if err := p.replay(ctx); err != nil {
+		return err
+	}
+	if n := p.stats.Snapshot().Retried; n > 0 {
+		return fmt.Errorf("replay: %d raw objects failed (see the log); run the replay again", n)
+	}
+	return nil
+}
+
+func (p *Pipeline) replay(ctx context.Context) error {
 	oc, err := p.js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{bus.RawFilter("")},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
@@ -203,10 +224,24 @@ type item struct {
 // A message whose transformation or publish failed is left for redelivery, or dead-lettered
 // with its last error once it was delivered MaxDeliver times.
 func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool) {
+	if m := p.cfg.Metrics; m != nil {
+		start := time.Now()
+		defer func() {
+			m.BatchDuration.WithLabelValues(ops.StageTransformer).Observe(
+				time.Since(start).Seconds())
+			m.BatchSize.WithLabelValues(ops.StageTransformer).Observe(float64(len(msgs)))
+		}()
+	}
 	items := make([]*item, len(msgs))
 	for i, m := range msgs {
 		items[i] = &item{msg: m, ctl: bus.IsCtlSubject(m.Subject()),
 			raw: resolve.RawMsg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()}}
+		if meta, err := m.Metadata(); err == nil && !replay && meta.NumDelivered > 1 {
+			items[i].raw.Redelivered = true
+			if p.cfg.Metrics != nil {
+				p.cfg.Metrics.ObserveDelivery(ops.StageTransformer, meta.NumDelivered)
+			}
+		}
 	}
 	p.transform(ctx, items)
 	for _, it := range items {
@@ -357,10 +392,27 @@ func (p *Pipeline) settle(ctx context.Context, it *item, replay bool) {
 			s.ReEmitted += it.res.ReEmitted
 		}
 	})
+	if m := p.cfg.Metrics; m != nil && !it.ctl {
+		if it.res.Dead != nil {
+			m.Transformed.WithLabelValues(typeLabel(it), ops.OutcomeDeadLettered).Inc()
+			m.DeadLettered.WithLabelValues(ops.StageTransformer, string(it.res.Dead.Kind)).Inc()
+		} else {
+			m.Transformed.WithLabelValues(it.res.Type, ops.OutcomeOK).Inc()
+		}
+	}
 	if it.res.Dead != nil {
 		p.log.Warn("raw message dead-lettered", zap.String("subject", it.raw.Subject),
 			zap.String("kind", string(it.res.Dead.Kind)), zap.String("reason", it.res.Dead.Reason))
 	}
+}
+
+// typeLabel returns the STIX type a raw message claims in its header, as a metric label for
+// an object whose own type could not be read; "unknown" when it claims none.
+func typeLabel(it *item) string {
+	if t := it.raw.Header.Get(bus.HeaderStixType); t != "" && len(t) <= 64 {
+		return t
+	}
+	return "unknown"
 }
 
 // progress logs the counters every Progress interval until the returned stop is called.

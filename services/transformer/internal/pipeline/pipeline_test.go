@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/attack-etl/attack-etl/services/transformer/internal/flatten"
@@ -21,6 +22,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/document"
 	"github.com/attack-etl/attack-etl/shared/localstack"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 // startJetStream starts a private nats-server and returns a JetStream handle with the streams.
@@ -66,7 +68,34 @@ func publishRaw(t testing.TB, js jetstream.JetStream, msgs []resolve.RawMsg) {
 	}
 }
 
-func newPipeline(t testing.TB, js jetstream.JetStream, schema int) *pipeline.Pipeline {
+// newPipeline returns a pipeline on the key-value store, or on a snapshot of it (as a replay
+// runs) when snapshot is set.
+func newPipeline(t testing.TB, js jetstream.JetStream, schema int,
+	snapshot bool) *pipeline.Pipeline {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := resolve.OpenKV(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var store resolve.Store = kv
+	if snapshot {
+		if store, err = resolve.NewSnapshot(ctx, kv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := resolve.NewStreamRaw(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := &resolve.Resolver{Store: store, Raw: raw, SchemaVersion: schema, MaxBytes: 900000}
+	return pipeline.New(js, res, pipeline.Config{Durable: "transformer", BatchSize: 50,
+		AckWait: 30 * time.Second, MaxDeliver: 3, FetchWait: 300 * time.Millisecond,
+		Progress: time.Second}, zap.NewNop())
+}
+
+func newPipelineWithMetrics(t testing.TB, js jetstream.JetStream) (*pipeline.Pipeline,
+	*prometheus.Registry) {
 	t.Helper()
 	ctx := context.Background()
 	store, err := resolve.OpenKV(ctx, js, 1)
@@ -77,10 +106,39 @@ func newPipeline(t testing.TB, js jetstream.JetStream, schema int) *pipeline.Pip
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := &resolve.Resolver{Store: store, Raw: raw, SchemaVersion: schema, MaxBytes: 900000}
+	reg := prometheus.NewRegistry()
+	res := &resolve.Resolver{Store: store, Raw: raw, SchemaVersion: 1, MaxBytes: 900000}
 	return pipeline.New(js, res, pipeline.Config{Durable: "transformer", BatchSize: 50,
 		AckWait: 30 * time.Second, MaxDeliver: 3, FetchWait: 300 * time.Millisecond,
-		Progress: time.Second}, zap.NewNop())
+		Metrics: ops.NewMetrics(reg)}, zap.NewNop()), reg
+}
+
+// counterSum adds up a counter's series, only those whose outcome label is outcome when it is
+// not empty.
+func counterSum(t *testing.T, reg *prometheus.Registry, name, outcome string) int {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			match := outcome == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == outcome {
+					match = true
+				}
+			}
+			if match {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return int(sum)
 }
 
 // flatState reads every message of the flattened stream: the greatest-rev document per id
@@ -175,7 +233,7 @@ func TestLiveAndReplay(t *testing.T) {
 	publishRaw(t, js, bad)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	p := newPipeline(t, js, 0)
+	p, reg := newPipelineWithMetrics(t, js)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
 
@@ -220,6 +278,12 @@ func TestLiveAndReplay(t *testing.T) {
 	if s.DeadLettered != 2 || s.PerKind[string(bus.KindNotJSON)] != 1 || s.ReEmitted == 0 {
 		t.Errorf("stats: %+v", s)
 	}
+	if ok := counterSum(t, reg, "attack_etl_objects_transformed_total", "ok"); ok != len(msgs) {
+		t.Errorf("objects_transformed_total{outcome=ok} = %d, want %d", ok, len(msgs))
+	}
+	if dl := counterSum(t, reg, "attack_etl_dead_letters_total", ""); dl != len(bad) {
+		t.Errorf("dead_letters_total = %d, want %d", dl, len(bad))
+	}
 	cons, err := js.Consumer(context.Background(), bus.StreamRaw, "transformer")
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +295,7 @@ func TestLiveAndReplay(t *testing.T) {
 
 	// Replay with a raised schema version: every kept raw object gives a schema-2 document,
 	// and each replaces (greater rev) the live one.
-	rp := newPipeline(t, js, 2)
+	rp := newPipeline(t, js, 2, true)
 	rctx, rcancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer rcancel()
 	if err := rp.Replay(rctx); err != nil {

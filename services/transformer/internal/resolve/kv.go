@@ -132,6 +132,9 @@ func (k *KVStore) Summary(ctx context.Context, id string) (*flatten.Summary, err
 	return &s, nil
 }
 
+// TODO(transformer): the reverse index never drops a reference when a relationship's new
+// version names another end; the stale reference only costs a needless re-emission.
+
 // AddRef implements Store. The reverse index is stored as lines, one reference each, and
 // only appended to: a popular object (a tactic's technique, Mimikatz) is named by hundreds of
 // relationships, and a JSON list would be decoded whole on every addition.

@@ -137,3 +137,58 @@ func TestKVStoreSummaryVersions(t *testing.T) {
 		t.Errorf("RevokedBy: %+v %v", got, err)
 	}
 }
+
+// TestSnapshot checks that a replay's snapshot starts from what the bucket holds and writes
+// through what changes.
+func TestSnapshot(t *testing.T) {
+	kv := openKV(t)
+	ctx := context.Background()
+	const id = "tool--0f4a0c76-ab2d-4cb0-85d3-3f0efb8cba0d"
+	v1 := flatten.Summary{Type: "tool", Name: "A", Modified: "2020-01-01T00:00:00.000000000Z",
+		Collections: []string{"enterprise-attack"}}
+	if _, _, err := kv.PutSummary(ctx, id, v1); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.AddRef(ctx, id, "enterprise-attack/relationship--1"); err != nil {
+		t.Fatal(err)
+	}
+	rb := flatten.RevokedBy{By: "tool--2", Relationship: "relationship--2",
+		Modified: "2020-01-01T00:00:00.000000000Z"}
+	if _, err := kv.PutRevokedBy(ctx, id, rb); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := resolve.NewSnapshot(ctx, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Len() != 3 {
+		t.Errorf("snapshot holds %d keys, want 3", snap.Len())
+	}
+	if s, _ := snap.Summary(ctx, id); s == nil || s.Name != "A" {
+		t.Errorf("summary from the snapshot: %+v", s)
+	}
+	if l, _ := snap.RevokedBy(ctx, id); l == nil || l.By != "tool--2" {
+		t.Errorf("link from the snapshot: %+v", l)
+	}
+	if _, changed, err := snap.PutSummary(ctx, id, v1); err != nil || changed {
+		t.Errorf("same summary again: changed %v, err %v", changed, err)
+	}
+	v2 := v1
+	v2.Name, v2.Modified = "B", "2021-01-01T00:00:00.000000000Z"
+	if _, changed, err := snap.PutSummary(ctx, id, v2); err != nil || !changed {
+		t.Errorf("newer summary: changed %v, err %v", changed, err)
+	}
+	if s, _ := kv.Summary(ctx, id); s == nil || s.Name != "B" {
+		t.Errorf("newer summary not written through: %+v", s)
+	}
+	if err := snap.AddRef(ctx, id, "ics-attack/relationship--3"); err != nil {
+		t.Fatal(err)
+	}
+	refs, err := kv.Refs(ctx, id)
+	if err != nil || len(refs) != 2 {
+		t.Errorf("refs in the bucket after a new one: %v %v", refs, err)
+	}
+	if refs, _ := snap.Refs(ctx, id); len(refs) != 2 {
+		t.Errorf("refs in the snapshot: %v", refs)
+	}
+}

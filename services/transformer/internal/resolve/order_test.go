@@ -239,3 +239,56 @@ func TestPanicBecomesDeadLetter(t *testing.T) {
 		t.Errorf("dead letter: %+v", res.Dead)
 	}
 }
+
+// TestRedeliveryReEmits checks that a redelivered object re-emits its relationships even
+// though its summary is already stored: the first delivery may have failed to publish them.
+func TestRedeliveryReEmits(t *testing.T) {
+	msgs, err := rawtest.Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := resolve.NewMemRaw()
+	byID := map[string]resolve.RawMsg{}
+	for _, m := range msgs {
+		raw.Add(m)
+		byID[m.Header.Get(bus.HeaderStixID)] = m
+	}
+	var rel resolve.RawMsg
+	for _, m := range msgs {
+		if m.Header.Get(bus.HeaderStixType) == "relationship" {
+			rel = m
+			break
+		}
+	}
+	d, err := flatten.Flatten(rel.Data, flatten.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := byID[d.TargetRef]
+	r := &resolve.Resolver{Store: resolve.NewMemStore(), Raw: raw, Now: fixedNow}
+	ctx := context.Background()
+	steps := []struct {
+		name        string
+		msg         resolve.RawMsg
+		redelivered bool
+		reEmitted   int
+	}{
+		{"relationship before its target", rel, false, 0},
+		{"target: first delivery re-emits", target, false, 1},
+		{"target again: nothing changed", target, false, 0},
+		{"target redelivered: re-emits again", target, true, 1},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			m := s.msg
+			m.Redelivered = s.redelivered
+			res, err := r.Process(ctx, m)
+			if err != nil || res.Dead != nil {
+				t.Fatalf("%v %+v", err, res.Dead)
+			}
+			if res.ReEmitted != s.reEmitted {
+				t.Errorf("re-emitted %d, want %d", res.ReEmitted, s.reEmitted)
+			}
+		})
+	}
+}

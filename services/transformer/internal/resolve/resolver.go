@@ -105,9 +105,9 @@ func (r *Resolver) process(ctx context.Context, m RawMsg, cascade bool) (Result,
 	var derived string
 	var reemit []target
 	if doc.Type == "relationship" {
-		derived, reemit, err = r.relationship(ctx, coll, doc)
+		derived, reemit, err = r.relationship(ctx, coll, doc, m.Redelivered)
 	} else {
-		derived, reemit, err = r.object(ctx, doc)
+		derived, reemit, err = r.object(ctx, doc, m.Redelivered)
 	}
 	if err != nil {
 		return Result{}, err
@@ -145,9 +145,10 @@ func (r *Resolver) process(ctx context.Context, m RawMsg, cascade bool) (Result,
 type target struct{ collection, id string }
 
 // relationship registers the relationship with its ends, then resolves them. A revoked-by
-// relationship also stores the link, and asks to re-emit the revoked object when it changed.
-func (r *Resolver) relationship(ctx context.Context, coll string, d *document.Document) (
-	string, []target, error) {
+// relationship also stores the link, and asks to re-emit the revoked object when the link
+// changed or force is set.
+func (r *Resolver) relationship(ctx context.Context, coll string, d *document.Document,
+	force bool) (string, []target, error) {
 	ref := coll + "/" + d.ID
 	for _, end := range []string{d.SourceRef, d.TargetRef} {
 		if err := r.Store.AddRef(ctx, end, ref); err != nil {
@@ -160,6 +161,7 @@ func (r *Resolver) relationship(ctx context.Context, coll string, d *document.Do
 		if linkChanged, err = r.Store.PutRevokedBy(ctx, d.SourceRef, rb); err != nil {
 			return "", nil, err
 		}
+		linkChanged = linkChanged || force
 	}
 	src, err := r.Store.Summary(ctx, d.SourceRef)
 	if err != nil {
@@ -180,8 +182,10 @@ func (r *Resolver) relationship(ctx context.Context, coll string, d *document.Do
 }
 
 // object stores the object's summary, then reads its revoked-by link; when the summary
-// changed, it asks to re-emit every relationship that names the object.
-func (r *Resolver) object(ctx context.Context, d *document.Document) (string, []target, error) {
+// changed (or force says an earlier delivery may not have finished), it asks to re-emit every
+// relationship that names the object.
+func (r *Resolver) object(ctx context.Context, d *document.Document, force bool) (string,
+	[]target, error) {
 	_, changed, err := r.Store.PutSummary(ctx, d.ID, flatten.SummaryOf(d))
 	if err != nil {
 		return "", nil, err
@@ -193,7 +197,7 @@ func (r *Resolver) object(ctx context.Context, d *document.Document) (string, []
 		}
 	}
 	derived := flatten.ApplyRevokedBy(d, rb)
-	if !changed {
+	if !changed && !force {
 		return derived, nil, nil
 	}
 	refs, err := r.Store.Refs(ctx, d.ID)

@@ -50,6 +50,9 @@ type RawMsg struct {
 	Subject string
 	Header  nats.Header
 	Data    []byte
+	// Redelivered says an earlier delivery may have stored its summary or link without
+	// publishing what it re-emits: the re-emission is then done whatever the store says.
+	Redelivered bool
 }
 
 // RawSource returns the latest raw message of an object in a collection, or ErrNotFound.
