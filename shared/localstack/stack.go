@@ -176,6 +176,11 @@ func (s *Stack) startPostgres(ctx context.Context, o Options) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if cred != nil {
+		if err := openPath(filepath.Dir(data)); err != nil {
+			return "", err
+		}
+	}
 	for _, d := range []string{data, sock} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return "", fmt.Errorf("postgres folder: %w", err)
@@ -222,6 +227,27 @@ func postgresCredential() (*syscall.Credential, error) {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// openPath lets other users traverse (not list) every folder from dir up to the root, so that
+// PostgreSQL, which runs as the postgres user, reaches its data folder inside a private folder
+// of root's such as a test's temporary folder. Only folders the current user owns are changed.
+func openPath(dir string) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("postgres folder: %w", err)
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if ok && int(sys.Uid) == os.Geteuid() && st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
+				return fmt.Errorf("let postgres reach %s: %w", dir, err)
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 // Stop stops every started service, the database server last.

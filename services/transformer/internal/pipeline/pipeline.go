@@ -54,6 +54,11 @@ type Pipeline struct {
 	cfg   Config
 	log   *zap.Logger
 	stats *Stats
+
+	// mu guards unsettled: the stream sequences of the raw messages left for redelivery,
+	// which hold control events back until they are acked or dead-lettered.
+	mu        sync.Mutex
+	unsettled map[uint64]bool
 }
 
 // New returns a pipeline. The resolver's store and raw source must be ready.
@@ -73,7 +78,8 @@ func New(js jetstream.JetStream, res *resolve.Resolver, cfg Config, log *zap.Log
 	if cfg.Progress <= 0 {
 		cfg.Progress = 5 * time.Second
 	}
-	return &Pipeline{js: js, res: res, cfg: cfg, log: log, stats: newStats()}
+	return &Pipeline{js: js, res: res, cfg: cfg, log: log, stats: newStats(),
+		unsettled: map[uint64]bool{}}
 }
 
 // Stats returns a copy of the counters.
@@ -244,9 +250,23 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 		}
 	}
 	p.transform(ctx, items)
-	for _, it := range items {
+	settled := 0
+	for i, it := range items {
 		switch {
 		case it.ctl:
+			// A control event (such as "synced") must follow every document before it: wait
+			// for the earlier publishes, settle the earlier messages, and hold the event back
+			// while any earlier message, of this batch or an earlier one, waits for
+			// redelivery.
+			await(ctx, items[settled:i])
+			for _, e := range items[settled:i] {
+				p.settle(ctx, e, replay)
+			}
+			settled = i
+			if held := p.heldBack(it); held != "" {
+				it.fail = fmt.Errorf("control event held back: %s", held)
+				continue
+			}
 			p.forward(it, replay)
 		case it.err != nil:
 			it.fail = it.err
@@ -272,6 +292,14 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 			}
 		}
 	}
+	await(ctx, items[settled:])
+	for _, it := range items[settled:] {
+		p.settle(ctx, it, replay)
+	}
+}
+
+// await waits for the publish acks of the items, recording the first failure of each.
+func await(ctx context.Context, items []*item) {
 	for _, it := range items {
 		for _, f := range it.futs {
 			select {
@@ -286,10 +314,29 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 				}
 			}
 		}
+		it.futs = nil
 	}
-	for _, it := range items {
-		p.settle(ctx, it, replay)
+}
+
+// heldBack says why a control event must wait: earlier messages wait for redelivery; "" when
+// nothing holds it back.
+func (p *Pipeline) heldBack(ctl *item) string {
+	var own uint64
+	if meta, err := ctl.msg.Metadata(); err == nil {
+		own = meta.Sequence.Stream
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for seq := range p.unsettled {
+		if seq < own || own == 0 {
+			n++
+		}
+	}
+	if n > 0 {
+		return fmt.Sprintf("%d earlier messages wait for redelivery", n)
+	}
+	return ""
 }
 
 // transform runs the resolver over the batch's raw objects, several at once.
@@ -344,8 +391,20 @@ func (p *Pipeline) forward(it *item, replay bool) {
 
 // settle acks or retries one message and counts it.
 func (p *Pipeline) settle(ctx context.Context, it *item, replay bool) {
+	meta, _ := it.msg.Metadata()
+	if !replay && meta != nil {
+		seq := meta.Sequence.Stream
+		defer func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if it.fail != nil {
+				p.unsettled[seq] = true
+			} else {
+				delete(p.unsettled, seq)
+			}
+		}()
+	}
 	if it.fail != nil && !replay {
-		meta, _ := it.msg.Metadata()
 		if meta == nil || p.cfg.MaxDeliver <= 0 || int(meta.NumDelivered) < p.cfg.MaxDeliver {
 			p.log.Warn("raw message failed; it will be redelivered",
 				zap.String("subject", it.raw.Subject), zap.Error(it.fail))

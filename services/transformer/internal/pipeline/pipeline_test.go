@@ -331,7 +331,8 @@ func (failingStore) PutSummary(context.Context, string, flatten.Summary) (flatte
 }
 
 // TestStoreFailureRetriedThenDeadLettered checks that a message whose transformation keeps
-// failing is redelivered, then dead-lettered with the last error after MaxDeliver deliveries.
+// failing is redelivered, then dead-lettered with the last error after MaxDeliver deliveries,
+// and that a control event behind it is not forwarded before it is settled.
 func TestStoreFailureRetriedThenDeadLettered(t *testing.T) {
 	js := startJetStream(t)
 	msgs, err := rawtest.Slice()
@@ -346,35 +347,68 @@ func TestStoreFailureRetriedThenDeadLettered(t *testing.T) {
 		}
 	}
 	publishRaw(t, js, []resolve.RawMsg{m})
+	synced := nats.NewMsg(bus.CtlSubject("enterprise-attack", "synced"))
+	synced.Data = []byte(`{}`)
+	if _, err := js.PublishMsg(context.Background(), synced); err != nil {
+		t.Fatal(err)
+	}
 	raw, err := resolve.NewStreamRaw(context.Background(), js)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res := &resolve.Resolver{Store: failingStore{resolve.NewMemStore()}, Raw: raw}
 	p := pipeline.New(js, res, pipeline.Config{Durable: "transformer", BatchSize: 10,
-		AckWait: 10 * time.Second, MaxDeliver: 2, FetchWait: 200 * time.Millisecond},
+		AckWait: 10 * time.Second, MaxDeliver: 3, FetchWait: 200 * time.Millisecond},
 		zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	waitFor(t, "the dead letter", func() bool { return dlqCount(t, js) == 1 })
+	// The control event is settled once: forwarded after the failing object was
+	// dead-lettered, or (if its own deliveries ran out first) dead-lettered itself.
+	waitFor(t, "the dead letter and the control event", func() bool {
+		st := p.Stats()
+		return st.DeadLettered+st.Forwarded == 2
+	})
 	cancel()
 	<-done
+	if st := p.Stats(); st.Forwarded == 1 {
+		flat, err := js.Stream(context.Background(), bus.StreamFlat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fwd, err := flat.GetLastMsgForSubject(context.Background(),
+			bus.FlatCtlSubject("enterprise-attack", "synced"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dlq, err := js.Stream(context.Background(), bus.StreamDLQ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := dlq.GetMsg(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fwd.Time.Before(first.Time) {
+			t.Errorf("control event forwarded at %v, before the failing object was settled "+
+				"at %v", fwd.Time, first.Time)
+		}
+	}
 	s, err := js.Stream(context.Background(), bus.StreamDLQ)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dl, err := s.GetLastMsgForSubject(context.Background(), bus.DLQSubject("transformer"))
+	dl, err := s.GetMsg(context.Background(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if dl.Header.Get(bus.HeaderDLQKind) != string(bus.KindExhausted) ||
-		dl.Header.Get(bus.HeaderDLQDeliveries) != "2" ||
+		dl.Header.Get(bus.HeaderDLQDeliveries) != "3" ||
 		!strings.Contains(dl.Header.Get(bus.HeaderDLQReason), "unreachable") ||
 		string(dl.Data) != string(m.Data) {
 		t.Errorf("dead letter headers %v", dl.Header)
 	}
-	if st := p.Stats(); st.Retried != 1 || st.DeadLettered != 1 {
-		t.Errorf("stats %+v", st)
+	if st := p.Stats(); st.Retried < 2 {
+		t.Errorf("stats %+v: want at least the 2 redeliveries of the failing object", st)
 	}
 }
