@@ -201,6 +201,9 @@ func Connect(ctx context.Context, o Options, log *zap.Logger) (*nats.Conn, error
 		nats.ReconnectWait(time.Second),
 		nats.ReconnectBufSize(64 << 20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // a clean close by this process
+			}
 			log.Warn("disconnected from NATS; reconnecting", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

@@ -107,7 +107,20 @@ func (e *env) publish(docs []document.Document, runID string) {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		e.publishRaw(bus.FlatSubject(d.Collections[0], d.Type), b, d.ID, d.Collections[0], runID)
+		m := nats.NewMsg(bus.FlatSubject(d.Collections[0], d.Type))
+		m.Data = b
+		m.Header.Set(bus.HeaderStixID, d.ID)
+		m.Header.Set(bus.HeaderCollection, d.Collections[0])
+		m.Header.Set(bus.HeaderRunID, runID)
+		m.Header.Set(bus.HeaderSyncMode, "full")
+		if _, err := e.js.PublishMsgAsync(m); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	select {
+	case <-e.js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		e.t.Fatal("publishes not acked within a minute")
 	}
 }
 

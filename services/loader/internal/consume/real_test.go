@@ -92,17 +92,20 @@ func TestRealReleases(t *testing.T) {
 		}
 		return len(ids)
 	}
-	cs, stop := e.loaders(3, consume.Options{Durable: "loader", BatchSize: 500,
-		BatchWait: 500 * time.Millisecond}, nil)
+	opts := consume.Options{Durable: "loader", BatchSize: 500, BatchWait: 500 * time.Millisecond}
+	n := sync(r180, "run-18.0")
 	start := time.Now()
-	sync(r180, "run-18.0")
+	cs, stop := e.loaders(3, opts, nil)
 	fixture.Eventually(t, 5*time.Minute, "18.0 loaded", func() bool { return e.pending() == 0 })
-	t.Logf("18.0 loaded in %s", time.Since(start))
-	start = time.Now()
-	unique := sync(r181, "run-18.1")
-	fixture.Eventually(t, 5*time.Minute, "18.1 loaded", func() bool { return e.pending() == 0 })
-	t.Logf("18.1 loaded over 18.0 in %s", time.Since(start))
+	t.Logf("18.0 (%d ids) loaded by 3 loaders in %s", n, time.Since(start))
 	stop()
+	unique := sync(r181, "run-18.1")
+	start = time.Now()
+	cs2, stop := e.loaders(3, opts, nil)
+	fixture.Eventually(t, 5*time.Minute, "18.1 loaded", func() bool { return e.pending() == 0 })
+	t.Logf("18.1 loaded over 18.0 by 3 new loaders in %s", time.Since(start))
+	stop()
+	cs = append(cs, cs2...)
 	if unique != 28986 {
 		t.Fatalf("18.1 holds %d distinct ids, want 28986", unique)
 	}

@@ -29,6 +29,27 @@ type known struct {
 	// seen holds the pruning events already applied; since is the latest event's time.
 	seen  map[string]bool
 	since time.Time
+	// warmed is when the memory was last filled from the whole collection.
+	warmed time.Time
+}
+
+// warmThreshold is how many conflicts in one batch make the store re-read the whole
+// collection's versions instead of just the conflicting ids: on FerretDB both are one scan of
+// the collection, and the whole read spares the batches that follow (another loader wrote
+// most of what this one is asked to write, as in a re-run). warmEvery bounds how often.
+const (
+	warmThreshold = 100
+	warmEvery     = 30 * time.Second
+)
+
+// shouldWarm reports whether a batch with n conflicts should re-read the whole collection.
+func (s *Store) shouldWarm(n int) bool {
+	if s.known == nil || n < warmThreshold {
+		return false
+	}
+	s.known.mu.Lock()
+	defer s.known.mu.Unlock()
+	return time.Since(s.known.warmed) > warmEvery
 }
 
 var seq atomic.Uint64
@@ -96,6 +117,7 @@ func (s *Store) Warm(ctx context.Context) (int, error) {
 	}
 	s.known.mu.Lock()
 	defer s.known.mu.Unlock()
+	s.known.warmed = time.Now()
 	for _, v := range all {
 		s.known.m[v.ID] = v
 	}

@@ -495,3 +495,39 @@ func TestStaleMemoryStaysRight(t *testing.T) {
 		t.Errorf("stored _rev %v, want the newer %v", m["_rev"], vers[1].Rev)
 	}
 }
+
+func TestManyConflictsRereadTheCollection(t *testing.T) {
+	docs, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := newName()
+	write(t, open(t, store.ModeAuto, name), docs...)
+	again := slices.Clone(docs)
+	newer := again[7]
+	newer.STIXModified, newer.Version = "2030-01-01T00:00:00.000Z", "9.0"
+	if err := newer.Seal(""); err != nil {
+		t.Fatal(err)
+	}
+	again[7] = newer
+	b := open(t, store.ModeAuto, name) // another loader, knowing nothing yet
+	res, st, err := b.Write(context.Background(), again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Warms != 1 || st.Reads != 0 {
+		t.Errorf("warms %d reads %d, want one whole re-read and no id reads", st.Warms, st.Reads)
+	}
+	for i, r := range res {
+		want := store.Unchanged
+		if i == 7 {
+			want = store.Major
+		}
+		if r.Outcome != want || r.Err != nil {
+			t.Errorf("%s: %s %v, want %s", again[i].ID, r.Outcome, r.Err, want)
+		}
+	}
+	if m := storedDoc(t, b, newer.ID); m["_rev"] != newer.Rev {
+		t.Errorf("stored _rev %v, want %v", m["_rev"], newer.Rev)
+	}
+}

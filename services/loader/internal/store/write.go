@@ -67,6 +67,8 @@ type Stats struct {
 	Inserted, Conflicts, Remembered int
 	// Reads, Writes and Retries count the conflict path's commands and compare-and-set misses.
 	Reads, Writes, Retries int
+	// Warms counts re-reads of the whole collection's versions (see Warm).
+	Warms int
 }
 
 // stored is the part of a stored document the conflict path reads.
@@ -135,6 +137,26 @@ func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, 
 	conflicts, err := s.insert(ctx, fresh, &st)
 	if err != nil {
 		return nil, st, err
+	}
+	if s.shouldWarm(len(conflicts)) {
+		if _, err := s.Warm(ctx); err != nil {
+			return nil, st, err
+		}
+		st.Warms++
+		var rest []*group
+		for _, g := range conflicts {
+			v, ok := s.known.get(g.doc.ID)
+			if !ok {
+				rest = append(rest, g)
+				continue
+			}
+			p := decide(g, &v)
+			g.outcome = p.outcome
+			if p.filter != nil {
+				plans = append(plans, p)
+			}
+		}
+		conflicts = rest
 	}
 	if len(conflicts) > 0 {
 		more, err := s.resolve(ctx, conflicts, &st)

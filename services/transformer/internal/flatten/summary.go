@@ -1,6 +1,7 @@
 package flatten
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -19,13 +20,17 @@ type Summary struct {
 	Modified string `json:"modified"`
 	// Collections are the collection keys the end was seen in, for re-emitting it.
 	Collections []string `json:"collections,omitempty"`
+	// Schema is the schema version that made the summary: for one STIX version, a summary of
+	// a higher schema replaces one of a lower schema.
+	Schema int `json:"schema,omitempty"`
 }
 
 // SummaryOf returns the summary of a flattened object.
 func SummaryOf(d *document.Document) Summary {
 	stamp, _ := stix.SortableStamp(d.STIXModified)
 	return Summary{Type: d.Type, AttackID: d.AttackID, Name: d.Name, Revoked: d.Revoked,
-		Deprecated: d.Deprecated, Modified: stamp, Collections: slices.Clone(d.Collections)}
+		Deprecated: d.Deprecated, Modified: stamp, Collections: slices.Clone(d.Collections),
+		Schema: d.Provenance.SchemaVersion}
 }
 
 // SameEnd tells whether two summaries show the same thing to a relationship.
@@ -38,30 +43,36 @@ func (s Summary) SameEnd(o Summary) bool {
 // stamp and sorts before every real one, so that derived stamps compare field by field.
 var unknownStamp = strings.Repeat("0", len("2006-01-02T15:04:05.000000000Z"))
 
+// endStamp orders what a relationship knows of one end: the end's version, then the schema
+// that summarised it; fixed width, all zeros for an unknown end.
+func endStamp(s *Summary) string {
+	if s == nil {
+		return unknownStamp + "s0000"
+	}
+	return fmt.Sprintf("%ss%04d", s.Modified, s.Schema)
+}
+
 // ApplyEnds fills a relationship document's end fields from the ends' summaries (nil when the
-// end is not known yet), sets Active, and returns the derived stamp for Seal: the sortable
-// modified stamps of the source and target ends joined by ','. An unknown end's stamp is all
-// zeros and every stamp has the same width, so a document made with newer or more end
-// information always has the greater stamp, whatever follows it in the rev.
+// end is not known yet), sets Active, and returns the derived stamp for Seal: the stamps of the
+// source and target ends (sortable modified and summary schema, see endStamp) joined by ','.
+// An unknown end's stamp is all zeros and every stamp has the same width, so a document made
+// with newer or more end information always has the greater stamp.
 func ApplyEnds(d *document.Document, src, tgt *Summary) string {
-	ss, ts := unknownStamp, unknownStamp
 	active := !d.Revoked && !d.Deprecated
 	if src != nil {
 		d.SourceType, d.SourceAttackID, d.SourceName = src.Type, src.AttackID, src.Name
-		ss = src.Modified
 		active = active && !src.Revoked && !src.Deprecated
 	} else {
 		d.SourceType = typeOfID(d.SourceRef)
 	}
 	if tgt != nil {
 		d.TargetType, d.TargetAttackID, d.TargetName = tgt.Type, tgt.AttackID, tgt.Name
-		ts = tgt.Modified
 		active = active && !tgt.Revoked && !tgt.Deprecated
 	} else {
 		d.TargetType = typeOfID(d.TargetRef)
 	}
 	d.Active = active
-	return ss + "," + ts
+	return endStamp(src) + "," + endStamp(tgt)
 }
 
 // RevokedBy is the link from a revoked object to the object that replaces it, read from a

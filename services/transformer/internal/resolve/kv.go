@@ -111,7 +111,8 @@ func (k *KVStore) PutSummary(ctx context.Context, id string, s flatten.Summary) 
 			}
 		}
 		stored, changed = mergeSummary(prev, ok, s)
-		if ok && !changed && slices.Equal(stored.Collections, prev.Collections) {
+		if ok && !changed && slices.Equal(stored.Collections, prev.Collections) &&
+			stored.Schema == prev.Schema {
 			return nil, nil
 		}
 		return json.Marshal(stored)

@@ -96,6 +96,8 @@ func TestKVStoreSummaryVersions(t *testing.T) {
 		Collections: []string{"enterprise-attack"}}
 	v2 := v1
 	v2.Name, v2.Modified = "B", "2021-01-01T00:00:00.000000000Z"
+	v2s2 := v2
+	v2s2.Name, v2s2.Schema = "B2", 2
 	v1ics := v1
 	v1ics.Collections = []string{"ics-attack"}
 	steps := []struct {
@@ -110,6 +112,8 @@ func TestKVStoreSummaryVersions(t *testing.T) {
 		{"same version from another collection", v1ics, false, "A", 2},
 		{"newer version", v2, true, "B", 2},
 		{"older version late", v1, false, "B", 2},
+		{"same version, newer schema, new name", v2s2, true, "B2", 2},
+		{"same version, older schema", v2, false, "B2", 2},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {

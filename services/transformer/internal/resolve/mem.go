@@ -93,13 +93,16 @@ func mergeSummary(old flatten.Summary, ok bool, s flatten.Summary) (flatten.Summ
 		return s, true
 	}
 	colls := unionSorted(old.Collections, s.Collections)
-	if s.Modified < old.Modified || s.SameEnd(old) {
-		old.Collections = colls
+	switch {
+	case s.Modified < old.Modified,
+		s.Modified == old.Modified && s.Schema < old.Schema:
+		old.Collections = colls // an older version, or one shaped by an older schema
 		return old, false
-	}
-	if s.Modified == old.Modified && endKey(s) < endKey(old) {
-		// Two different summaries of one version (such as after a schema change): keep a
-		// deterministic one, the greater.
+	case s.SameEnd(old):
+		old.Collections, old.Schema = colls, max(old.Schema, s.Schema)
+		return old, false
+	case s.Modified == old.Modified && s.Schema == old.Schema && endKey(s) < endKey(old):
+		// Two different summaries of one version and schema: keep a deterministic one.
 		old.Collections = colls
 		return old, false
 	}

@@ -96,7 +96,7 @@ func (s *Snapshot) PutSummary(ctx context.Context, id string, sum flatten.Summar
 	old, ok := s.mem.summaries[id]
 	s.mem.mu.Unlock()
 	if next, _ := mergeSummary(old, ok, sum); ok && next.SameEnd(old) &&
-		slices.Equal(next.Collections, old.Collections) {
+		slices.Equal(next.Collections, old.Collections) && next.Schema == old.Schema {
 		return old, false, nil
 	}
 	stored, changed, err := s.kv.PutSummary(ctx, id, sum)
