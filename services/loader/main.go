@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/logging"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 func main() {
@@ -93,9 +95,14 @@ func readSettings(c *config.Values) (settings, error) {
 }
 
 func run(ctx context.Context, args []string) error {
-	cfg, err := config.Load("loader", config.Join(config.Common, config.NATS, config.Loader), args)
+	var healthcheck bool
+	cfg, err := config.Load("loader", config.Join(config.Common, config.NATS, config.Loader), args,
+		ops.HealthCheckFlag(&healthcheck))
 	if err != nil {
 		return err
+	}
+	if healthcheck {
+		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
 	}
 	log, err := logging.New("loader", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
@@ -107,6 +114,28 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	log.Info("loader starting", zap.Any("settings", cfg.Redacted()))
+
+	reg := ops.NewRegistry()
+	metrics := ops.NewMetrics(reg)
+	set.consume.Metrics = metrics
+	var ready atomic.Pointer[ops.Check]
+	opsSrv, err := ops.Serve(ctx, cfg.String("METRICS_ADDR"), reg, func(ctx context.Context) error {
+		if c := ready.Load(); c != nil {
+			return (*c)(ctx)
+		}
+		return errors.New("starting")
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = opsSrv.Shutdown(stopCtx)
+	}()
+	if opsSrv.Enabled() {
+		log.Info("serving metrics and health", zap.String("addr", opsSrv.Addr()))
+	}
 
 	st, err := openStore(ctx, log, set)
 	if err != nil {
@@ -143,14 +172,23 @@ func run(ctx context.Context, args []string) error {
 		zap.String("consumer", set.consume.Durable), zap.Int("batch_size", set.consume.BatchSize),
 		zap.String("write_mode", string(st.Mode())))
 
+	check := ops.AllOf(ops.NATSConnected(nc), st.Ping)
+	ready.Store(&check)
 	start := time.Now()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		progress(ctx, log, cons, set.progress, start)
 	}()
+	lagDone := make(chan struct{})
+	go func() {
+		defer close(lagDone)
+		metrics.WatchConsumerLag(ctx, cons, 0, nil)
+	}()
 	err = cons.Run(ctx)
+	opsSrv.MarkStopping()
 	<-done
+	<-lagDone
 	summary(log, cons, rec, st, start)
 	return err
 }
@@ -256,6 +294,7 @@ func summary(log *zap.Logger, cons *consume.Consumer, rec *report.Recorder, st *
 	c := cons.Snapshot()
 	took := time.Since(start)
 	fields := []zap.Field{zap.Int64("messages", c.Messages), zap.Int64("documents", c.Documents),
+		zap.Int64("written", c.Documents),
 		zap.Int64("dead_lettered", c.DeadLettered), zap.Int64("pruned", c.Pruned),
 		zap.Duration("took", took)}
 	log.Info("loader stopped", append(fields, outcomeFields(c.Outcomes)...)...)

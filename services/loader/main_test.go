@@ -3,6 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 
 	"github.com/attack-etl/attack-etl/services/loader/internal/fixture"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/localstack"
 )
 
 // TestRunLoadsAndStops runs the whole loader (configuration, indexes, consumer) against a
@@ -29,10 +35,19 @@ func TestRunLoadsAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
+	level := "warn"
+	if os.Getenv("LOADER_TEST_LOG") != "" {
+		level = "info" // to read the loader's log lines: LOADER_TEST_LOG=1 go test -v
+	}
+	metricsAddr, err := localstack.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		done <- run(ctx, []string{"--nats-url", s.NATSURL, "--mongo-uri", s.MongoURI,
-			"--db-name", "maintest", "--log-format", "json", "--log-level", "warn",
-			"--loader-batch-wait", "200ms"})
+			"--metrics-addr", metricsAddr,
+			"--db-name", "maintest", "--log-format", "console", "--log-level", level,
+			"--loader-batch-wait", "200ms", "--loader-progress-every", "500ms"})
 	}()
 	nc, err := nats.Connect(s.NATSURL)
 	if err != nil {
@@ -67,6 +82,27 @@ func TestRunLoadsAndStops(t *testing.T) {
 		n, err := coll.CountDocuments(ctx, bson.D{})
 		return err == nil && n == int64(len(docs))
 	})
+	tests := []struct {
+		name, path, want string
+	}{
+		{"ready", "/readyz", ""},
+		{"documents loaded counted", "/metrics", `attack_etl_documents_loaded_total{outcome="added"} ` +
+			strconv.Itoa(len(docs))},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Polled: the counters move when the messages are acked, just after the write.
+			fixture.Eventually(t, 10*time.Second, "GET "+tc.path+" has "+tc.want, func() bool {
+				resp, err := http.Get("http://" + metricsAddr + tc.path)
+				if err != nil {
+					return false
+				}
+				defer resp.Body.Close()
+				body, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode == http.StatusOK && strings.Contains(string(body), tc.want)
+			})
+		})
+	}
 	cancel()
 	select {
 	case err := <-done:

@@ -106,6 +106,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	res := &resolve.Resolver{Store: store, Raw: raw, SchemaVersion: settings.schema,
 		MaxBytes: settings.maxBytes}
+	if !replay {
+		res.Hold = settings.hold
+	}
 	if replay {
 		start := time.Now()
 		snap, err := resolve.NewSnapshot(ctx, store)
@@ -141,6 +144,7 @@ type settings struct {
 	pipeline pipeline.Config
 	schema   int
 	maxBytes int
+	hold     time.Duration
 }
 
 func settingsFrom(cfg *config.Values) (settings, error) {
@@ -165,6 +169,12 @@ func settingsFrom(cfg *config.Values) (settings, error) {
 	if s.pipeline.Grace, err = cfg.Duration("SHUTDOWN_GRACE"); err != nil {
 		return s, err
 	}
+	if s.hold, err = cfg.Duration("TRANSFORMER_HOLD_UNRESOLVED"); err != nil {
+		return s, err
+	}
+	// A held relationship comes back after each delay; the hold is spread over the deliveries
+	// the pipeline lets it use (all but the last two, which are kept for real failures).
+	s.pipeline.HoldDelay = max(s.hold/time.Duration(max(s.pipeline.MaxDeliver-2, 1)), time.Second)
 	s.schema = document.SchemaVersion
 	if v := cfg.String("TRANSFORMER_SCHEMA_VERSION"); v != "" {
 		if s.schema, err = strconv.Atoi(v); err != nil || s.schema < 1 || s.schema > 9999 {
@@ -179,5 +189,5 @@ func logSummary(log *zap.Logger, msg string, s pipeline.Snapshot) {
 		zap.Any("per_type", s.PerType), zap.Int("re_emitted", s.ReEmitted),
 		zap.Int("dead_lettered", s.DeadLettered), zap.Any("per_kind", s.PerKind),
 		zap.Int("forwarded", s.Forwarded), zap.Int("retried", s.Retried),
-		zap.Duration("took", s.Took), zap.Float64("per_second", s.Rate()))
+		zap.Int("held", s.Held), zap.Duration("took", s.Took), zap.Float64("per_second", s.Rate()))
 }

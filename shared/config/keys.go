@@ -94,10 +94,12 @@ var Transformer = []Key{
 		Usage: "Name of the transformer's durable consumer on the raw stream."},
 	{Name: "TRANSFORMER_BATCH_SIZE", Default: "500", Group: GroupTransformer,
 		Usage: "Raw messages fetched per batch."},
-	{Name: "TRANSFORMER_MAX_DELIVER", Default: "5", Group: GroupTransformer,
+	{Name: "TRANSFORMER_MAX_DELIVER", Default: "10", Group: GroupTransformer,
 		Usage: "Deliveries of a raw message before it is dead-lettered."},
 	{Name: "TRANSFORMER_ACK_WAIT", Default: "60s", Group: GroupTransformer,
 		Usage: "How long JetStream waits for an ack before it redelivers a raw message."},
+	{Name: "TRANSFORMER_HOLD_UNRESOLVED", Default: "40s", Group: GroupTransformer,
+		Usage: "How long a new relationship waits for an unknown end before it is published half resolved; 0 never waits."},
 	{Name: "TRANSFORMER_SCHEMA_VERSION", Default: "", Group: GroupTransformer,
 		Usage: "Schema version written to provenance and _rev; empty uses the built-in one (replay after raising it)."},
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/document"
+	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 // Stage names the loader in dead letters.
@@ -62,6 +63,8 @@ type Options struct {
 	RetryMax time.Duration
 	// Grace is how long a batch in hand may take after shutdown began.
 	Grace time.Duration
+	// Metrics, when set, receives the attack_etl_* counters of the loader.
+	Metrics *ops.Metrics
 }
 
 func (o *Options) defaults() {
@@ -146,6 +149,15 @@ func New(ctx context.Context, js jetstream.JetStream, w Writer, rec Recorder, lo
 		c: Counters{Outcomes: map[store.Outcome]int64{}}}, nil
 }
 
+// Info returns the durable consumer's state (for the backlog gauges).
+func (c *Consumer) Info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	info, err := c.cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("info of consumer %s: %w", c.o.Durable, err)
+	}
+	return info, nil
+}
+
 // Snapshot returns a copy of the counters.
 func (c *Consumer) Snapshot() Counters {
 	c.mu.Lock()
@@ -224,10 +236,22 @@ func (c *Consumer) Handle(ctx context.Context, msgs []jetstream.Msg) {
 		k.Messages += int64(len(msgs))
 		k.Batches++
 	})
+	if m := c.o.Metrics; m != nil {
+		m.BatchSize.WithLabelValues(Stage).Observe(float64(len(msgs)))
+		for _, msg := range msgs {
+			if md, err := msg.Metadata(); err == nil {
+				m.ObserveDelivery(Stage, md.NumDelivered)
+			}
+		}
+	}
 	if len(docs) > 0 {
+		t0 := time.Now()
 		res, ok := c.write(ctx, work, docs)
 		if !ok {
 			return // shutting down during an outage: left unacked for another loader
+		}
+		if m := c.o.Metrics; m != nil {
+			m.BatchDuration.WithLabelValues(Stage).Observe(time.Since(t0).Seconds())
 		}
 		entries = append(entries, c.settle(work, docMsgs, docs, res)...)
 	}
@@ -280,6 +304,9 @@ func (c *Consumer) write(ctx, work context.Context, docs []document.Document) ([
 			return c.writeEach(work, docs), true
 		}
 		c.count(func(k *Counters) { k.Retries++ })
+		if m := c.o.Metrics; m != nil {
+			m.Retries.WithLabelValues(Stage, "mongo_unreachable").Inc()
+		}
 		c.log.Warn("MongoDB write failed; retrying the batch, its messages stay unacked",
 			zap.Int("attempt", attempt), zap.Duration("wait", wait),
 			zap.Int("documents", len(docs)), zap.String("error", config.RedactText(err.Error())))
@@ -322,6 +349,9 @@ func (c *Consumer) settle(ctx context.Context, msgs []jetstream.Msg, docs []docu
 				k.Documents++
 				k.Outcomes[r.Outcome]++
 			})
+			if m := c.o.Metrics; m != nil {
+				m.Loaded.WithLabelValues(string(r.Outcome)).Inc()
+			}
 			continue
 		}
 		delivered := uint64(1)
@@ -380,6 +410,10 @@ func (c *Consumer) deadLetterKind(ctx context.Context, m jetstream.Msg, id strin
 		k.DeadLettered++
 		k.Outcomes[store.Failed]++
 	})
+	if mt := c.o.Metrics; mt != nil {
+		mt.DeadLettered.WithLabelValues(Stage, string(kind)).Inc()
+		mt.Loaded.WithLabelValues(string(store.Failed)).Inc()
+	}
 	c.log.Warn("message dead-lettered", zap.String("id", id), zap.String("kind", string(kind)),
 		zap.String("subject", m.Subject()), zap.String("reason", reason))
 	return true

@@ -422,7 +422,8 @@ func TestFullSyncPruning(t *testing.T) {
 	for _, d := range docs[3:] {
 		served = append(served, d.ID)
 	}
-	if _, err := obs.PutBytes(ctx, "run-b/ics-attack", []byte(strings.Join(served, "\n"))); err != nil {
+	body := []byte(strings.Join(served, "\n"))
+	if _, err := obs.PutBytes(ctx, "run-b/ics-attack", body); err != nil {
 		t.Fatal(err)
 	}
 	ev := func(full bool) []byte {
@@ -494,7 +495,8 @@ func TestNATSRestartMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Stop)
-	nc, err := nats.Connect(s.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	nc, err := nats.Connect(s.NATSURL, nats.MaxReconnects(-1),
+		nats.ReconnectWait(200*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,9 +513,10 @@ func TestNATSRestartMidRun(t *testing.T) {
 	e.publish(docs, "run-nats")
 	ref := reference(t, docs)
 	cs, stop := e.loaders(2, consume.Options{Durable: "loader", BatchSize: 10,
-		BatchWait: 200 * time.Millisecond, AckWait: 5 * time.Second}, func(w consume.Writer) consume.Writer {
-		return slow{Writer: w, delay: 100 * time.Millisecond}
-	})
+		BatchWait: 200 * time.Millisecond, AckWait: 5 * time.Second},
+		func(w consume.Writer) consume.Writer {
+			return slow{Writer: w, delay: 100 * time.Millisecond}
+		})
 	fixture.Eventually(t, 30*time.Second, "some documents written", func() bool {
 		return cs[0].Snapshot().Documents+cs[1].Snapshot().Documents > 20
 	})

@@ -58,8 +58,8 @@ func bundleDocs(t *testing.T, file, collection, runID string) []document.Documen
 // mobile, ics) as full syncs with three loaders, and checks the 28,986 documents of 18.1, the
 // documents 18.1 no longer serves flagged, and equality with a clean 18.1 load by one loader.
 func TestRealReleases(t *testing.T) {
-	if testing.Short() {
-		t.Skip("loads about 57,000 documents")
+	if os.Getenv("LOADER_REAL_RELEASES") == "" {
+		t.Skip("loads about 57,000 documents (1-5 minutes); set LOADER_REAL_RELEASES=1 to run")
 	}
 	type bundle struct{ file, coll string }
 	r180 := []bundle{{"enterprise-attack-18.0.json.gz", "enterprise-attack"},
@@ -93,11 +93,11 @@ func TestRealReleases(t *testing.T) {
 		return len(ids)
 	}
 	opts := consume.Options{Durable: "loader", BatchSize: 500, BatchWait: 500 * time.Millisecond}
-	n := sync(r180, "run-18.0")
+	n180 := sync(r180, "run-18.0")
 	start := time.Now()
 	cs, stop := e.loaders(3, opts, nil)
 	fixture.Eventually(t, 5*time.Minute, "18.0 loaded", func() bool { return e.pending() == 0 })
-	t.Logf("18.0 (%d ids) loaded by 3 loaders in %s", n, time.Since(start))
+	t.Logf("18.0 (%d ids) loaded by 3 loaders in %s", n180, time.Since(start))
 	stop()
 	unique := sync(r181, "run-18.1")
 	start = time.Now()
@@ -136,13 +136,13 @@ func TestRealReleases(t *testing.T) {
 	for _, b := range r181 {
 		all = append(all, bundleDocs(t, b.file, b.coll, "clean")...)
 	}
-	cs2 := clean.store()
+	cleanStore := clean.store()
 	for i := 0; i < len(all); i += 1000 {
-		if _, _, err := cs2.Write(ctx, all[i:min(i+1000, len(all))]); err != nil {
+		if _, _, err := cleanStore.Write(ctx, all[i:min(i+1000, len(all))]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, want := contents(t, s), contents(t, cs2)
+	got, want := contents(t, s), contents(t, cleanStore)
 	diff := 0
 	for id, w := range want {
 		g := got[id]

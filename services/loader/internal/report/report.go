@@ -40,9 +40,9 @@ type Run struct {
 }
 
 // Recorder writes the change report: one document per run in the runs collection (first and
-// last write, and the counts as of the last Get) and one document per run, collection and id in the changes collection
-// (the ids behind the counts). An id's first recorded outcome in a run and collection stands:
-// a redelivered message does not count twice.
+// last write, and the counts as of the last Get) and one document per run, collection and id
+// in the changes collection (the ids behind the counts). An id's first recorded outcome in a
+// run and collection stands: a redelivered message does not count twice.
 type Recorder struct {
 	runs, changes *mongo.Collection
 	now           func() time.Time

@@ -226,7 +226,7 @@ func (s *Store) EnsureIndexes(ctx context.Context) (IndexReport, error) {
 	if s.ferret != "" {
 		// FerretDB v1 has no text indexes, and asking for one answers IndexNotFound and then
 		// drops the connection (a panic in the server), so it is not even tried.
-		rep.TextSkipped, rep.TextError = true, "FerretDB "+s.ferret+" has no text indexes"
+		rep.TextSkipped, rep.TextError = true, "FerretDB has no text indexes (version "+s.ferret+")"
 		return rep, nil
 	}
 	if have[textIndex] {

@@ -284,7 +284,7 @@ func TestArrivalOrderIndependence(t *testing.T) {
 }
 
 func TestConcurrentStoresSameNewIDs(t *testing.T) {
-	docs, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	docs, err := fixture.Docs("run-1", icsOnly)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestConcurrentStoresSameNewIDs(t *testing.T) {
 }
 
 func TestBulkInsertRetriesOnlyDuplicates(t *testing.T) {
-	docs, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	docs, err := fixture.Docs("run-1", icsOnly)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestBulkModeOneStatement(t *testing.T) {
 func TestPrune(t *testing.T) {
 	all := realDocs(t)
 	copies := pick(t, all, twoCollections)
-	ics, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	ics, err := fixture.Docs("run-1", icsOnly)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestEnsureIndexesIdempotent(t *testing.T) {
 func TestStaleMemoryStaysRight(t *testing.T) {
 	all := realDocs(t)
 	vers := pick(t, all, twoVersions)
-	ics, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	ics, err := fixture.Docs("run-1", icsOnly)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +497,7 @@ func TestStaleMemoryStaysRight(t *testing.T) {
 }
 
 func TestManyConflictsRereadTheCollection(t *testing.T) {
-	docs, err := fixture.Docs("run-1", func(r fixture.Row) bool { return r.Collection == "ics-attack" })
+	docs, err := fixture.Docs("run-1", icsOnly)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,3 +531,5 @@ func TestManyConflictsRereadTheCollection(t *testing.T) {
 		t.Errorf("stored _rev %v, want %v", m["_rev"], newer.Rev)
 	}
 }
+
+func icsOnly(r fixture.Row) bool { return r.Collection == "ics-attack" }

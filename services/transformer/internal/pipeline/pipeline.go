@@ -45,6 +45,9 @@ type Config struct {
 	Progress time.Duration
 	// Metrics receives the transformer's attack_etl_* metrics; nil records none.
 	Metrics *ops.Metrics
+	// HoldDelay is how long a held relationship (resolve.Result.Held) waits before it is
+	// delivered again; 2s when zero.
+	HoldDelay time.Duration
 }
 
 // Pipeline moves raw messages through a Resolver to the flattened stream.
@@ -96,7 +99,9 @@ func (p *Pipeline) ConsumerConfig() jetstream.ConsumerConfig {
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		AckWait:        p.cfg.AckWait,
 		MaxDeliver:     p.cfg.MaxDeliver,
-		MaxAckPending:  max(4*p.cfg.BatchSize, 1000),
+		// Held relationships stay pending until redelivered, so leave room for a whole
+		// domain's worth of them beside the batches in flight.
+		MaxAckPending: max(40*p.cfg.BatchSize, 20000),
 	}
 }
 
@@ -223,6 +228,7 @@ type item struct {
 	err  error
 	futs []jetstream.PubAckFuture
 	fail error
+	held bool
 }
 
 // handle transforms a batch, publishes the documents, dead letters and control events, waits
@@ -242,7 +248,13 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 	for i, m := range msgs {
 		items[i] = &item{msg: m, ctl: bus.IsCtlSubject(m.Subject()),
 			raw: resolve.RawMsg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()}}
-		if meta, err := m.Metadata(); err == nil && !replay && meta.NumDelivered > 1 {
+		meta, err := m.Metadata()
+		if err == nil && !replay && (p.cfg.MaxDeliver <= 0 ||
+			int(meta.NumDelivered) < p.cfg.MaxDeliver-1) {
+			// Holding uses deliveries: the last two are kept for real failures.
+			items[i].raw.Stored = meta.Timestamp
+		}
+		if err == nil && !replay && meta.NumDelivered > 1 {
 			items[i].raw.Redelivered = true
 			if p.cfg.Metrics != nil {
 				p.cfg.Metrics.ObserveDelivery(ops.StageTransformer, meta.NumDelivered)
@@ -274,6 +286,8 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 			if err := bus.PublishDeadLetter(ctx, p.js, *it.res.Dead); err != nil {
 				it.fail = err
 			}
+		case it.res.Held:
+			it.held = true
 		default:
 			for _, out := range it.res.Outputs {
 				msg := nats.NewMsg(out.Subject)
@@ -389,6 +403,9 @@ func (p *Pipeline) forward(it *item, replay bool) {
 	it.futs = append(it.futs, f)
 }
 
+// errHeld marks a held message as unsettled.
+var errHeld = errors.New("relationship held until its ends are known")
+
 // settle acks or retries one message and counts it.
 func (p *Pipeline) settle(ctx context.Context, it *item, replay bool) {
 	meta, _ := it.msg.Metadata()
@@ -403,6 +420,18 @@ func (p *Pipeline) settle(ctx context.Context, it *item, replay bool) {
 				delete(p.unsettled, seq)
 			}
 		}()
+	}
+	if it.held && it.fail == nil && !replay {
+		// A relationship waiting for an end: not a failure, but unsettled, so that a control
+		// event after it waits too.
+		delay := p.cfg.HoldDelay
+		if delay <= 0 {
+			delay = 2 * time.Second
+		}
+		_ = it.msg.NakWithDelay(delay)
+		p.stats.add(func(s *Snapshot) { s.Held++ })
+		it.fail = errHeld
+		return
 	}
 	if it.fail != nil && !replay {
 		if meta == nil || p.cfg.MaxDeliver <= 0 || int(meta.NumDelivered) < p.cfg.MaxDeliver {
@@ -495,6 +524,7 @@ func (p *Pipeline) progress(ctx context.Context, what string) (stop func()) {
 				}
 				p.log.Info(what, zap.Int("messages", s.Messages),
 					zap.Int("transformed", s.Transformed), zap.Int("re_emitted", s.ReEmitted),
+					zap.Int("held", s.Held),
 					zap.Int("dead_lettered", s.DeadLettered),
 					zap.Float64("per_second", float64(s.Messages-last)/p.cfg.Progress.Seconds()))
 				last = s.Messages

@@ -29,6 +29,8 @@ type Snapshot struct {
 	Forwarded int
 	// Retried counts the messages left for redelivery after a failure.
 	Retried int
+	// Held counts the times a relationship was left for redelivery to wait for an end.
+	Held int
 	// Took is the time since the pipeline started.
 	Took time.Duration
 }

@@ -222,5 +222,5 @@ func (s *StreamRaw) Raw(ctx context.Context, collection, id string) (RawMsg, err
 	if err != nil {
 		return RawMsg{}, fmt.Errorf("get %s: %w", subj, err)
 	}
-	return RawMsg{Subject: m.Subject, Header: m.Header, Data: m.Data}, nil
+	return RawMsg{Subject: m.Subject, Header: m.Header, Data: m.Data, Stored: m.Time}, nil
 }

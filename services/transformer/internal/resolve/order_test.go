@@ -292,3 +292,74 @@ func TestRedeliveryReEmits(t *testing.T) {
 		})
 	}
 }
+
+// TestHoldWaitsForEnds checks that a young relationship with an unknown end is held (nothing
+// published), that the end's arrival re-emits it resolved, and that an old one, or any one
+// when holding is off, is published half resolved rather than held for ever.
+func TestHoldWaitsForEnds(t *testing.T) {
+	msgs, err := rawtest.Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]resolve.RawMsg{}
+	var rel resolve.RawMsg
+	for _, m := range msgs {
+		byID[m.Header.Get(bus.HeaderStixID)] = m
+		if rel.Subject == "" && m.Header.Get(bus.HeaderStixType) == "relationship" {
+			rel = m
+		}
+	}
+	d, err := flatten.Flatten(rel.Data, flatten.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := fixedNow()
+	tests := []struct {
+		name     string
+		hold     time.Duration
+		stored   time.Time
+		wantHeld bool
+	}{
+		{"young relationship waits", 15 * time.Second, now.Add(-time.Second), true},
+		{"old relationship is published", 15 * time.Second, now.Add(-time.Minute), false},
+		{"holding off", 0, now.Add(-time.Second), false},
+		{"unknown storage time is published", 15 * time.Second, time.Time{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := resolve.NewMemRaw()
+			for _, m := range msgs {
+				m.Stored = tt.stored
+				raw.Add(m)
+			}
+			r := &resolve.Resolver{Store: resolve.NewMemStore(), Raw: raw, Now: fixedNow,
+				Hold: tt.hold}
+			ctx := context.Background()
+			m := rel
+			m.Stored = tt.stored
+			res, err := r.Process(ctx, m)
+			if err != nil || res.Dead != nil {
+				t.Fatalf("%v %+v", err, res.Dead)
+			}
+			if res.Held != tt.wantHeld || (len(res.Outputs) == 0) != tt.wantHeld {
+				t.Fatalf("held = %v with %d outputs, want held %v", res.Held, len(res.Outputs),
+					tt.wantHeld)
+			}
+			// The ends arrive: the last one re-emits the relationship fully resolved.
+			var last resolve.Result
+			for _, end := range []string{d.SourceRef, d.TargetRef} {
+				if last, err = r.Process(ctx, byID[end]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if last.ReEmitted != 1 {
+				t.Fatalf("the second end re-emitted %d documents, want 1", last.ReEmitted)
+			}
+			re := last.Outputs[len(last.Outputs)-1].Doc
+			if re.SourceName == "" || re.TargetName == "" {
+				t.Fatalf("re-emitted relationship not resolved: %q -> %q", re.SourceName,
+					re.TargetName)
+			}
+		})
+	}
+}

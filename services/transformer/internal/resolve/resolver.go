@@ -30,6 +30,12 @@ type Resolver struct {
 	MaxBytes int
 	// Now returns the transformation time; time.Now when nil.
 	Now func() time.Time
+	// Hold is how long after it was stored a relationship with an unknown end waits for that
+	// end instead of being published half resolved; 0 never waits. Pages have no referential
+	// order, so on a first load many relationships come before their ends: holding them
+	// makes the loader write each once, resolved, instead of inserting it and replacing it
+	// moments later (a per-document update, the costliest write on FerretDB).
+	Hold time.Duration
 }
 
 // Output is one document to publish.
@@ -52,6 +58,9 @@ type Result struct {
 	ReEmitted int
 	// Dead is set when the object was rejected: publish it as a dead letter and ack.
 	Dead *bus.DeadLetter
+	// Held is set for a young relationship with an unknown end: publish nothing and let the
+	// message come back later (the end's arrival re-emits it too).
+	Held bool
 }
 
 // Process transforms one raw message. A rejected object gives a Result with Dead set and a nil
@@ -105,9 +114,18 @@ func (r *Resolver) process(ctx context.Context, m RawMsg, cascade bool) (Result,
 	var derived string
 	var reemit []target
 	if doc.Type == "relationship" {
-		derived, reemit, err = r.relationship(ctx, coll, doc, m.Redelivered)
+		var unresolved bool
+		derived, reemit, unresolved, err = r.relationship(ctx, coll, doc, m.Redelivered)
+		if err == nil && unresolved && r.holds(m) {
+			return Result{Type: doc.Type, Held: true}, nil
+		}
 	} else {
-		derived, reemit, err = r.object(ctx, doc, m.Redelivered)
+		var waiting bool
+		derived, reemit, waiting, err = r.object(ctx, doc, m.Redelivered)
+		if err == nil && waiting && r.holds(m) {
+			// Its re-emissions wait too: the redelivery, being one, makes them.
+			return Result{Type: doc.Type, Held: true}, nil
+		}
 	}
 	if err != nil {
 		return Result{}, err
@@ -132,8 +150,10 @@ func (r *Resolver) process(ctx context.Context, m RawMsg, cascade bool) (Result,
 		if err != nil {
 			return Result{}, fmt.Errorf("re-emit %s of %s: %w", t.id, t.collection, err)
 		}
-		if sub.Dead != nil {
-			continue // the raw message was dead-lettered when it was first transformed
+		if sub.Dead != nil || sub.Held {
+			// Dead-lettered when it was first transformed, or still waiting for its other
+			// end, whose arrival will re-emit it.
+			continue
 		}
 		res.Outputs = append(res.Outputs, sub.Outputs...)
 		res.ReEmitted += len(sub.Outputs)
@@ -148,69 +168,73 @@ type target struct{ collection, id string }
 // relationship also stores the link, and asks to re-emit the revoked object when the link
 // changed or force is set.
 func (r *Resolver) relationship(ctx context.Context, coll string, d *document.Document,
-	force bool) (string, []target, error) {
+	force bool) (derived string, reemit []target, unresolved bool, err error) {
 	ref := coll + "/" + d.ID
 	for _, end := range []string{d.SourceRef, d.TargetRef} {
 		if err := r.Store.AddRef(ctx, end, ref); err != nil {
-			return "", nil, err
+			return "", nil, false, err
 		}
 	}
 	linkChanged := false
 	if rb, ok := flatten.RevokedByOf(d); ok {
-		var err error
 		if linkChanged, err = r.Store.PutRevokedBy(ctx, d.SourceRef, rb); err != nil {
-			return "", nil, err
+			return "", nil, false, err
 		}
 		linkChanged = linkChanged || force
 	}
 	src, err := r.Store.Summary(ctx, d.SourceRef)
 	if err != nil {
-		return "", nil, err
+		return "", nil, false, err
 	}
 	tgt, err := r.Store.Summary(ctx, d.TargetRef)
 	if err != nil {
-		return "", nil, err
+		return "", nil, false, err
 	}
-	derived := flatten.ApplyEnds(d, src, tgt)
-	var reemit []target
+	derived = flatten.ApplyEnds(d, src, tgt)
 	if linkChanged && src != nil {
 		for _, c := range src.Collections {
 			reemit = append(reemit, target{c, d.SourceRef})
 		}
 	}
-	return derived, reemit, nil
+	return derived, reemit, src == nil || tgt == nil, nil
+}
+
+// holds reports whether a message waiting for another object (a relationship for an unknown
+// end, a revoked object for its revoked-by link) may still wait for it.
+func (r *Resolver) holds(m RawMsg) bool {
+	return r.Hold > 0 && !m.Stored.IsZero() && r.now().Sub(m.Stored) < r.Hold
 }
 
 // object stores the object's summary, then reads its revoked-by link; when the summary
 // changed (or force says an earlier delivery may not have finished), it asks to re-emit every
 // relationship that names the object.
-func (r *Resolver) object(ctx context.Context, d *document.Document, force bool) (string,
-	[]target, error) {
+func (r *Resolver) object(ctx context.Context, d *document.Document, force bool) (
+	derived string, reemit []target, waiting bool, err error) {
 	_, changed, err := r.Store.PutSummary(ctx, d.ID, flatten.SummaryOf(d))
 	if err != nil {
-		return "", nil, err
+		return "", nil, false, err
 	}
 	var rb *flatten.RevokedBy
 	if d.Revoked { // only a revoked object shows its replacement
 		if rb, err = r.Store.RevokedBy(ctx, d.ID); err != nil {
-			return "", nil, err
+			return "", nil, false, err
 		}
 	}
-	derived := flatten.ApplyRevokedBy(d, rb)
+	derived = flatten.ApplyRevokedBy(d, rb)
+	waiting = d.Revoked && rb == nil
 	if !changed && !force {
-		return derived, nil, nil
+		return derived, nil, waiting, nil
 	}
 	refs, err := r.Store.Refs(ctx, d.ID)
 	if err != nil {
-		return "", nil, err
+		return "", nil, false, err
 	}
-	var reemit []target
 	for _, ref := range refs {
 		if c, id, ok := strings.Cut(ref, "/"); ok {
 			reemit = append(reemit, target{c, id})
 		}
 	}
-	return derived, reemit, nil
+	return derived, reemit, waiting, nil
 }
 
 // output seals a document and wraps it for publishing.

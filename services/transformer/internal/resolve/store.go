@@ -13,6 +13,8 @@
 package resolve
 
 import (
+	"time"
+
 	"context"
 	"errors"
 
@@ -53,6 +55,9 @@ type RawMsg struct {
 	// Redelivered says an earlier delivery may have stored its summary or link without
 	// publishing what it re-emits: the re-emission is then done whatever the store says.
 	Redelivered bool
+	// Stored is when the raw stream stored the message; zero when unknown. A young
+	// relationship whose ends are not known yet may be held (see Resolver.Hold).
+	Stored time.Time
 }
 
 // RawSource returns the latest raw message of an object in a collection, or ErrNotFound.
