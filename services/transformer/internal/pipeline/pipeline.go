@@ -253,6 +253,7 @@ func (p *Pipeline) handle(ctx context.Context, msgs []jetstream.Msg, replay bool
 			int(meta.NumDelivered) < p.cfg.MaxDeliver-1) {
 			// Holding uses deliveries: the last two are kept for real failures.
 			items[i].raw.Stored = meta.Timestamp
+			items[i].raw.MoreToCome = meta.NumPending > 0
 		}
 		if err == nil && !replay && meta.NumDelivered > 1 {
 			items[i].raw.Redelivered = true

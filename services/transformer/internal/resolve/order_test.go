@@ -315,15 +315,18 @@ func TestHoldWaitsForEnds(t *testing.T) {
 	}
 	now := fixedNow()
 	tests := []struct {
-		name     string
-		hold     time.Duration
-		stored   time.Time
-		wantHeld bool
+		name       string
+		hold       time.Duration
+		stored     time.Time
+		moreToCome bool
+		wantHeld   bool
 	}{
-		{"young relationship waits", 15 * time.Second, now.Add(-time.Second), true},
-		{"old relationship is published", 15 * time.Second, now.Add(-time.Minute), false},
-		{"holding off", 0, now.Add(-time.Second), false},
-		{"unknown storage time is published", 15 * time.Second, time.Time{}, false},
+		{"young relationship waits", 15 * time.Second, now.Add(-time.Second), true, true},
+		{"old relationship is published", 15 * time.Second, now.Add(-time.Minute), true, false},
+		{"nothing more to come: published", 15 * time.Second, now.Add(-time.Second), false,
+			false},
+		{"holding off", 0, now.Add(-time.Second), true, false},
+		{"unknown storage time is published", 15 * time.Second, time.Time{}, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -336,7 +339,7 @@ func TestHoldWaitsForEnds(t *testing.T) {
 				Hold: tt.hold}
 			ctx := context.Background()
 			m := rel
-			m.Stored = tt.stored
+			m.Stored, m.MoreToCome = tt.stored, tt.moreToCome
 			res, err := r.Process(ctx, m)
 			if err != nil || res.Dead != nil {
 				t.Fatalf("%v %+v", err, res.Dead)
@@ -348,7 +351,9 @@ func TestHoldWaitsForEnds(t *testing.T) {
 			// The ends arrive: the last one re-emits the relationship fully resolved.
 			var last resolve.Result
 			for _, end := range []string{d.SourceRef, d.TargetRef} {
-				if last, err = r.Process(ctx, byID[end]); err != nil {
+				em := byID[end]
+				em.Stored, em.MoreToCome = tt.stored, tt.moreToCome
+				if last, err = r.Process(ctx, em); err != nil {
 					t.Fatal(err)
 				}
 			}

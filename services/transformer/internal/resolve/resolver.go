@@ -146,6 +146,7 @@ func (r *Resolver) process(ctx context.Context, m RawMsg, cascade bool) (Result,
 		if err != nil {
 			return Result{}, fmt.Errorf("re-emit %s of %s: %w", t.id, t.collection, err)
 		}
+		raw.MoreToCome = m.MoreToCome // what is still to come may complete it too
 		sub, err := r.process(ctx, raw, false)
 		if err != nil {
 			return Result{}, fmt.Errorf("re-emit %s of %s: %w", t.id, t.collection, err)
@@ -202,7 +203,7 @@ func (r *Resolver) relationship(ctx context.Context, coll string, d *document.Do
 // holds reports whether a message waiting for another object (a relationship for an unknown
 // end, a revoked object for its revoked-by link) may still wait for it.
 func (r *Resolver) holds(m RawMsg) bool {
-	return r.Hold > 0 && !m.Stored.IsZero() && r.now().Sub(m.Stored) < r.Hold
+	return r.Hold > 0 && m.MoreToCome && !m.Stored.IsZero() && r.now().Sub(m.Stored) < r.Hold
 }
 
 // object stores the object's summary, then reads its revoked-by link; when the summary

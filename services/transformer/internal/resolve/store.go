@@ -58,6 +58,9 @@ type RawMsg struct {
 	// Stored is when the raw stream stored the message; zero when unknown. A young
 	// relationship whose ends are not known yet may be held (see Resolver.Hold).
 	Stored time.Time
+	// MoreToCome says the raw stream held messages not yet delivered to the transformer when
+	// this one was: only then can holding it bring what it waits for.
+	MoreToCome bool
 }
 
 // RawSource returns the latest raw message of an object in a collection, or ErrNotFound.
