@@ -213,4 +213,3 @@ func waitDocuments(t testing.TB, e *env, n int64, timeout time.Duration) {
 		return got == n, "documents: " + strconv.FormatInt(got, 10)
 	})
 }
-

@@ -69,6 +69,8 @@ type Store struct {
 	// meta holds the pruning events; known is the memory of stored versions, nil when off.
 	meta  *mongo.Collection
 	known *known
+	// beforeCreate, when set by a test, runs before each index creation.
+	beforeCreate func(name string)
 }
 
 // Open connects to the server, detects FerretDB and settles the write mode. The connection is
@@ -203,25 +205,12 @@ type IndexReport struct {
 // created where the server supports it; elsewhere it is skipped and reported.
 func (s *Store) EnsureIndexes(ctx context.Context) (IndexReport, error) {
 	var rep IndexReport
-	have, err := s.indexNames(ctx)
+	have, err := s.ensureFieldIndexes(ctx)
 	if err != nil {
 		return rep, err
 	}
-	// Only missing indexes are asked for: FerretDB v1 drops the connection when asked to
-	// create an index that exists.
-	var models []mongo.IndexModel
 	for _, f := range indexedFields {
-		name := f + "_1"
-		rep.Created = append(rep.Created, name)
-		if !have[name] {
-			models = append(models, mongo.IndexModel{Keys: bson.D{{Key: f, Value: 1}},
-				Options: options.Index().SetName(name)})
-		}
-	}
-	if len(models) > 0 {
-		if _, err := s.coll.Indexes().CreateMany(ctx, models); err != nil {
-			return rep, fmt.Errorf("create indexes on %s: %w", s.coll.Name(), err)
-		}
+		rep.Created = append(rep.Created, f+"_1")
 	}
 	if s.ferret != "" {
 		// FerretDB v1 has no text indexes, and asking for one answers IndexNotFound and then
@@ -251,6 +240,53 @@ func (s *Store) EnsureIndexes(ctx context.Context) (IndexReport, error) {
 }
 
 const textIndex = "text_name_description"
+
+// indexTries bounds the rounds of ensureFieldIndexes.
+const indexTries = 8
+
+// ensureFieldIndexes creates the missing single-field indexes one at a time, and lists the
+// indexes again after a failure: several loaders starting at once race to create the same
+// indexes, and FerretDB v1 drops the connection of the loser (it panics on an index that
+// exists). It returns the indexes that exist in the end.
+func (s *Store) ensureFieldIndexes(ctx context.Context) (map[string]bool, error) {
+	var last error
+	for try := range indexTries {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("create indexes on %s: %w", s.coll.Name(),
+					errors.Join(ctx.Err(), last))
+			case <-time.After(time.Duration(try) * 250 * time.Millisecond):
+			}
+		}
+		have, err := s.indexNames(ctx)
+		if err != nil {
+			last = err
+			continue
+		}
+		last = nil
+		for _, f := range indexedFields {
+			name := f + "_1"
+			if have[name] {
+				continue
+			}
+			if s.beforeCreate != nil {
+				s.beforeCreate(name)
+			}
+			_, err := s.coll.Indexes().CreateOne(ctx, mongo.IndexModel{
+				Keys: bson.D{{Key: f, Value: 1}}, Options: options.Index().SetName(name)})
+			if err != nil {
+				last = fmt.Errorf("create index %s on %s: %w", name, s.coll.Name(), err)
+				break
+			}
+			have[name] = true
+		}
+		if last == nil {
+			return have, nil
+		}
+	}
+	return nil, last
+}
 
 func (s *Store) indexNames(ctx context.Context) (map[string]bool, error) {
 	cur, err := s.coll.Indexes().List(ctx)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/attack-etl/attack-etl/services/loader/internal/fixture"
 	"github.com/attack-etl/attack-etl/services/loader/internal/store"
@@ -533,3 +535,30 @@ func TestManyConflictsRereadTheCollection(t *testing.T) {
 }
 
 func icsOnly(r fixture.Row) bool { return r.Collection == "ics-attack" }
+
+func TestEnsureIndexesRaceWithAnotherLoader(t *testing.T) {
+	name := newName()
+	s, other := open(t, store.ModeAuto, name), open(t, store.ModeAuto, name)
+	raced := false
+	// Another loader creates the first index between this one's listing and its creation:
+	// FerretDB then drops this one's connection.
+	store.SetBeforeCreate(s, func(index string) {
+		if raced {
+			return
+		}
+		raced = true
+		field := strings.TrimSuffix(index, "_1")
+		_, err := other.Collection().Indexes().CreateOne(context.Background(), mongo.IndexModel{
+			Keys: bson.D{{Key: field, Value: 1}}, Options: options.Index().SetName(index)})
+		if err != nil {
+			t.Errorf("create %s from the other loader: %v", index, err)
+		}
+	})
+	rep, err := s.EnsureIndexes(context.Background())
+	if err != nil {
+		t.Fatalf("index creation racing another loader: %v", err)
+	}
+	if !raced || len(rep.Created) < 18 {
+		t.Errorf("raced %v, indexes %v", raced, rep.Created)
+	}
+}
