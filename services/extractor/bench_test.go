@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxiitest"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 // benchExtract runs the whole extractor against a TAXII server that serves the real enterprise
@@ -16,7 +16,7 @@ import (
 // held and publishes nothing.
 func benchExtract(b *testing.B, mitre, purge bool) {
 	col := realBundle(b, "enterprise", "18.1")
-	ns := natstest.Start(b)
+	ns := stacktest.JetStream(b)
 	srv := taxiitest.New(col)
 	defer srv.Close()
 	srv.MITRE = mitre

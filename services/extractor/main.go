@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/attack-etl/attack-etl/shared/service"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/pflag"
@@ -23,7 +25,6 @@ import (
 	"github.com/attack-etl/attack-etl/services/extractor/internal/sync"
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
-	"github.com/attack-etl/attack-etl/shared/logging"
 	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
@@ -48,60 +49,55 @@ var version = "dev"
 
 // settings are the extractor's parsed settings.
 type settings struct {
-	cfg         *config.Values
-	full        bool
-	watch       time.Duration
-	healthcheck bool
+	cfg   *config.Values
+	full  bool
+	watch time.Duration
 }
 
 // loadSettings reads the configuration, with --full and --watch as short forms of EXTRACT_FULL
 // and EXTRACT_WATCH.
-func loadSettings(args []string) (*settings, error) {
-	var full, health bool
+// It returns service.ErrHealthy after a successful --healthcheck.
+func loadSettings(args []string) (*settings, *zap.Logger, error) {
+	var full bool
 	var watch string
-	cfg, err := config.Load("extractor", Keys(), args, func(fs *pflag.FlagSet) {
+	cfg, log, err := service.Setup("extractor", Keys(), args, func(fs *pflag.FlagSet) {
 		fs.BoolVar(&full, "full", false,
 			"Re-read every collection whole, ignoring checkpoints (same as EXTRACT_FULL=true).")
 		fs.StringVar(&watch, "watch", "",
 			"Keep polling, waiting this interval (such as 6h) between runs (same as EXTRACT_WATCH).")
-		fs.BoolVar(&health, "healthcheck", false,
-			"Probe the /healthz of a running extractor at METRICS_ADDR and exit 0 or 1.")
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s := &settings{cfg: cfg, full: full, healthcheck: health}
+	s := &settings{cfg: cfg, full: full}
 	if !full {
 		if s.full, err = cfg.Bool("EXTRACT_FULL"); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if watch != "" {
 		if s.watch, err = time.ParseDuration(watch); err != nil {
-			return nil, fmt.Errorf("--watch %q is not a duration (such as 6h): %w", watch, err)
+			return nil, nil, fmt.Errorf("--watch %q is not a duration (such as 6h): %w", watch,
+				err)
 		}
 	} else if s.watch, err = cfg.Duration("EXTRACT_WATCH"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s, nil
+	return s, log, nil
 }
 
 // Main runs the extractor with command-line arguments args until the run (or, in watch mode,
 // ctx) ends. It returns an error unless every object was acknowledged by JetStream. When ctx
 // ends during a run, the page in hand is finished (its acks awaited) within SHUTDOWN_GRACE.
 func Main(ctx context.Context, args []string) error {
-	s, err := loadSettings(args)
+	s, log, err := loadSettings(args)
+	if errors.Is(err, service.ErrHealthy) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	cfg := s.cfg
-	if s.healthcheck {
-		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
-	}
-	log, err := logging.New("extractor", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
-	if err != nil {
-		return err
-	}
 	defer func() { _ = log.Sync() }()
 	log.Info("extractor starting", zap.String("version", version),
 		zap.Any("settings", cfg.Redacted()), zap.Bool("full", s.full),

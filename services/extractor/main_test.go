@@ -10,10 +10,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxii"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxiitest"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 const icsID = "x-mitre-collection--90c00720-636b-4485-b342-8751d232bf09"
@@ -57,7 +57,7 @@ func TestMainSyncsAndUpgrades(t *testing.T) {
 	}{{"standard TAXII 2.1 server with small pages", false},
 		{"MITRE-like server: whole collection, created-based dates", true}} {
 		t.Run(mode.name, func(t *testing.T) {
-			ns := natstest.Start(t)
+			ns := stacktest.JetStream(t)
 			srv := taxiitest.New(icsCollection(t, "testdata/ics-18.0-slice.json"))
 			defer srv.Close()
 			srv.MITRE = mode.mitre
@@ -99,7 +99,7 @@ func TestMainSyncsAndUpgrades(t *testing.T) {
 }
 
 func TestMainBundleSource(t *testing.T) {
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	err := Main(context.Background(), args(ns.URL, "--source-bundle",
 		"testdata/ics-18.1-slice.json.gz"))
 	if err != nil {
@@ -111,7 +111,7 @@ func TestMainBundleSource(t *testing.T) {
 }
 
 func TestMainFailures(t *testing.T) {
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	down := taxiitest.New()
 	downURL := down.RootURL()
 	down.Close()
@@ -178,7 +178,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 }
 
 func TestMainWatch(t *testing.T) {
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	srv := taxiitest.New(icsCollection(t, "testdata/ics-18.0-slice.json"))
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -233,7 +233,7 @@ func fault(n int, status int) func(http.ResponseWriter, *http.Request) bool {
 func TestMainMITRERequestBudget(t *testing.T) {
 	// A full MITRE-like sync of the three collections takes one request per collection plus
 	// one, when the configured URL is the API root.
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	objs := icsCollection(t, "testdata/ics-18.1-slice.json").Objects
 	srv := taxiitest.New(
 		&taxiitest.Collection{ID: "x-mitre-collection--1f5f1533-f617-4ca8-9ab4-6a02367fa019",
@@ -283,7 +283,7 @@ func TestMainSelectsCollections(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := natstest.Start(t)
+			ns := stacktest.JetStream(t)
 			srv := newServer()
 			defer srv.Close()
 			err := Main(context.Background(), args(ns.URL, "--taxii-api-url", srv.RootURL(),

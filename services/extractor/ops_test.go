@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/sync"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxiitest"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 func freeAddr(t *testing.T) string {
@@ -26,7 +26,7 @@ func freeAddr(t *testing.T) string {
 }
 
 func TestMainMetricsAndHealthcheck(t *testing.T) {
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	srv := taxiitest.New(icsCollection(t, "testdata/ics-18.1-slice.json"))
 	defer srv.Close()
 	addr := freeAddr(t)
@@ -74,7 +74,7 @@ func TestMainMetricsAndHealthcheck(t *testing.T) {
 }
 
 func TestMainStopFinishesThePageInHand(t *testing.T) {
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	srv := taxiitest.New(icsCollection(t, "testdata/ics-18.1-slice.json"))
 	defer srv.Close()
 	srv.MaxPage = 10

@@ -8,9 +8,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxiitest"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 	"github.com/attack-etl/attack-etl/shared/stix"
 )
 
@@ -88,7 +88,7 @@ func TestRealReleaseUpgrade(t *testing.T) {
 		mitre bool
 	}{{"project's TAXII server in standard mode", false}, {"MITRE-like mode", true}} {
 		t.Run(mode.name, func(t *testing.T) {
-			ns := natstest.Start(t)
+			ns := stacktest.JetStream(t)
 			srv := taxiitest.New(realBundle(t, "enterprise", "18.1"), mob, ics181)
 			defer srv.Close()
 			srv.MITRE = mode.mitre

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/taxiitest"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 // captureStderr runs fn with standard error (where the logs go) sent to a pipe, and returns
@@ -34,7 +34,7 @@ func captureStderr(t *testing.T, fn func()) string {
 }
 
 func TestMainLogsNoSecrets(t *testing.T) {
-	ns := natstest.Start(t)
+	ns := stacktest.JetStream(t)
 	srv := taxiitest.New()
 	defer srv.Close()
 	// The server fails, so that retries, errors and the summary are all logged.

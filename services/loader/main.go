@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/attack-etl/attack-etl/shared/service"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -24,7 +26,6 @@ import (
 	"github.com/attack-etl/attack-etl/services/loader/internal/store"
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
-	"github.com/attack-etl/attack-etl/shared/logging"
 	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
@@ -95,16 +96,11 @@ func readSettings(c *config.Values) (settings, error) {
 }
 
 func run(ctx context.Context, args []string) error {
-	var healthcheck bool
-	cfg, err := config.Load("loader", config.Join(config.Common, config.NATS, config.Loader), args,
-		ops.HealthCheckFlag(&healthcheck))
-	if err != nil {
-		return err
+	cfg, log, err := service.Setup("loader", config.Join(config.Common, config.NATS,
+		config.Loader), args)
+	if errors.Is(err, service.ErrHealthy) {
+		return nil
 	}
-	if healthcheck {
-		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
-	}
-	log, err := logging.New("loader", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
 		return err
 	}

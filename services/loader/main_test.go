@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -25,7 +27,7 @@ import (
 // TestRunLoadsAndStops runs the whole loader (configuration, indexes, consumer) against a
 // local stack, and checks that it stores every document and returns nil when stopped.
 func TestRunLoadsAndStops(t *testing.T) {
-	s := fixture.StartStack(t, true, true)
+	s := stacktest.Start(t, true, true)
 	docs, err := fixture.Docs("run-main", func(r fixture.Row) bool {
 		return r.Collection == "ics-attack"
 	})

@@ -15,12 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/attack-etl/attack-etl/shared/service"
+
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/attack-etl/attack-etl/services/mirror/internal/taxiiserver"
 	"github.com/attack-etl/attack-etl/shared/config"
-	"github.com/attack-etl/attack-etl/shared/logging"
 	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
@@ -41,16 +42,10 @@ func main() {
 // run loads the configuration and the bundles, serves until ctx ends, and re-reads the bundles
 // whenever reload receives a value.
 func run(ctx context.Context, args []string, reload <-chan os.Signal) error {
-	var healthcheck bool
-	cfg, err := config.Load("mirror", config.Join(config.Common, config.Mirror), args,
-		ops.HealthCheckFlag(&healthcheck))
-	if err != nil {
-		return err
+	cfg, log, err := service.Setup("mirror", config.Join(config.Common, config.Mirror), args)
+	if errors.Is(err, service.ErrHealthy) {
+		return nil
 	}
-	if healthcheck {
-		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
-	}
-	log, err := logging.New("mirror", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/attack-etl/attack-etl/shared/service"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -22,7 +24,6 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/document"
-	"github.com/attack-etl/attack-etl/shared/logging"
 	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
@@ -41,20 +42,16 @@ func main() {
 // run wires the transformer: configuration, logging, NATS, streams, the resolver's store and
 // the pipeline; it returns when ctx ends (live) or the replay is done.
 func run(ctx context.Context, args []string) error {
-	var replay, healthcheck bool
-	cfg, err := config.Load("transformer",
+	var replay bool
+	cfg, log, err := service.Setup("transformer",
 		config.Join(config.Common, config.NATS, config.Transformer), args,
 		func(fs *pflag.FlagSet) {
 			fs.BoolVar(&replay, "replay", false,
 				"re-transform every raw object kept in STIX_RAW, publish the documents and exit")
-		}, ops.HealthCheckFlag(&healthcheck))
-	if err != nil {
-		return err
+		})
+	if errors.Is(err, service.ErrHealthy) {
+		return nil
 	}
-	if healthcheck {
-		return ops.HealthCheck(cfg.String("METRICS_ADDR"))
-	}
-	log, err := logging.New("transformer", cfg.String("LOG_LEVEL"), cfg.String("LOG_FORMAT"))
 	if err != nil {
 		return err
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,7 +11,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/document"
-	"github.com/attack-etl/attack-etl/shared/localstack"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 func TestSettingsSchemaVersion(t *testing.T) {
@@ -50,17 +48,9 @@ func TestSettingsSchemaVersion(t *testing.T) {
 // TestRunReplayEmptyStream boots the whole program against a real nats-server: it creates the
 // streams and the bucket, replays an empty raw stream and exits by itself.
 func TestRunReplayEmptyStream(t *testing.T) {
-	bin, _ := filepath.Abs(filepath.Join("..", "..", ".local", "bin"))
-	if _, err := os.Stat(filepath.Join(bin, "nats-server")); err != nil {
-		t.Skipf("nats-server not built in %s", bin)
-	}
+	st := stacktest.Start(t, true, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	st, err := localstack.Start(ctx, localstack.Options{Dir: t.TempDir(), BinDir: bin, NATS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Stop()
 	t.Setenv("LOG_LEVEL", "error")
 	if err := run(ctx, []string{"--nats-url", st.NATSURL, "--replay"}); err != nil {
 		t.Fatal(err)

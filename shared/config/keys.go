@@ -20,7 +20,8 @@ var Common = []Key{
 	{Name: "LOG_FORMAT", Default: "auto", Group: GroupCommon,
 		Usage: "Log encoding: console, json, or auto (console on a terminal, JSON otherwise)."},
 	{Name: "METRICS_ADDR", Default: "", Group: GroupCommon,
-		Usage: "Address for /metrics, /healthz and /readyz, such as 127.0.0.1:9101; empty turns it off."},
+		Usage: "Address for /metrics, /healthz and /readyz, such as 127.0.0.1:9101; " +
+			"empty turns it off."},
 	{Name: "SHUTDOWN_GRACE", Default: "20s", Group: GroupCommon,
 		Usage: "How long a stopping service may take to finish the batch in hand before it exits."},
 }
@@ -45,7 +46,8 @@ var NATS = []Key{
 	{Name: "DLQ_MAX_AGE", Default: "720h", Group: GroupNATS,
 		Usage: "How long dead letters are kept in the STIX_DLQ stream."},
 	{Name: "MAX_OBJECT_BYTES", Default: "900000", Group: GroupNATS,
-		Usage: "Largest STIX object, in bytes, carried as one message; larger ones are dead-lettered."},
+		Usage: "Largest STIX object, in bytes, carried as one message; larger ones " +
+			"are dead-lettered."},
 }
 
 // Extractor holds the extractor's own keys.
@@ -75,13 +77,16 @@ var Extractor = []Key{
 	{Name: "TAXII_RETRY_BASE", Default: "1s", Group: GroupExtractor,
 		Usage: "First back-off wait; it doubles with jitter on each retry."},
 	{Name: "TAXII_REQUESTS_PER_MINUTE", Default: "0", Group: GroupExtractor,
-		Usage: "Most requests a minute; 0 means 4 for attack-taxii.mitre.org and no limit elsewhere."},
+		Usage: "Most requests a minute; 0 means 4 for attack-taxii.mitre.org and no " +
+			"limit elsewhere."},
 	{Name: "TAXII_MAX_PAGES", Default: "10000", Group: GroupExtractor,
 		Usage: "Most pages read from one collection in one run, a guard against a looping server."},
 	{Name: "TAXII_TRUST_ADDED_AFTER", Default: "false", Group: GroupExtractor,
-		Usage: "Use a stored added_after checkpoint; only for servers that date objects when added."},
+		Usage: "Use a stored added_after checkpoint; only for servers that date " +
+			"objects when added."},
 	{Name: "SOURCE_BUNDLE", Default: "", Group: GroupExtractor,
-		Usage: "Comma-separated STIX bundle files or URLs (plain or .gz) to read instead of TAXII."},
+		Usage: "Comma-separated STIX bundle files or URLs (plain or .gz) to read " +
+			"instead of TAXII."},
 	{Name: "EXTRACT_FULL", Default: "false", Group: GroupExtractor,
 		Usage: "Re-read every collection whole, ignoring checkpoints (the --full flag)."},
 	{Name: "EXTRACT_WATCH", Default: "0", Group: GroupExtractor,
@@ -99,9 +104,11 @@ var Transformer = []Key{
 	{Name: "TRANSFORMER_ACK_WAIT", Default: "60s", Group: GroupTransformer,
 		Usage: "How long JetStream waits for an ack before it redelivers a raw message."},
 	{Name: "TRANSFORMER_HOLD_UNRESOLVED", Default: "40s", Group: GroupTransformer,
-		Usage: "How long a new relationship waits for an unknown end before it is published half resolved; 0 never waits."},
+		Usage: "How long a new relationship waits for an unknown end before it is " +
+			"published half resolved; 0 never waits."},
 	{Name: "TRANSFORMER_SCHEMA_VERSION", Default: "", Group: GroupTransformer,
-		Usage: "Schema version written to provenance and _rev; empty uses the built-in one (replay after raising it)."},
+		Usage: "Schema version written to provenance and _rev; empty uses the " +
+			"built-in one (replay after raising it)."},
 }
 
 // Loader holds the loader's own keys.
@@ -119,7 +126,8 @@ var Loader = []Key{
 	{Name: "LOADER_BATCH_WAIT", Default: "1s", Group: GroupLoader,
 		Usage: "Longest wait to fill a batch before writing what arrived."},
 	{Name: "LOADER_WRITE_MODE", Default: "auto", Group: GroupLoader,
-		Usage: "How replacements are written: bulk, single, or auto (single on FerretDB, bulk otherwise)."},
+		Usage: "How replacements are written: bulk, single, or auto (single on " +
+			"FerretDB, bulk otherwise)."},
 	{Name: "LOADER_CONCURRENCY", Default: "4", Group: GroupLoader,
 		Usage: "Replacements written at once in single mode."},
 	{Name: "LOADER_ACK_WAIT", Default: "60s", Group: GroupLoader,
@@ -129,9 +137,11 @@ var Loader = []Key{
 	{Name: "LOADER_RETRY_MAX", Default: "30s", Group: GroupLoader,
 		Usage: "Longest back-off wait between attempts while MongoDB is unreachable."},
 	{Name: "LOADER_BACKOFF", Default: "", Group: GroupLoader,
-		Usage: "Comma-separated redelivery delays after failed deliveries (the consumer's BackOff, such as 5s,30s,2m); empty doubles from 2s."},
+		Usage: "Comma-separated redelivery delays after failed deliveries (the " +
+			"consumer's BackOff, such as 5s,30s,2m); empty doubles from 2s."},
 	{Name: "LOADER_MEMORY", Default: "true", Group: GroupLoader,
-		Usage: "Remember stored versions (read once at start) so unchanged documents cost no database round trip."},
+		Usage: "Remember stored versions (read once at start) so unchanged documents " +
+			"cost no database round trip."},
 	{Name: "LOADER_PROGRESS_EVERY", Default: "5s", Group: GroupLoader,
 		Usage: "How often the loader logs its progress and the change report so far."},
 }
@@ -176,7 +186,8 @@ var Runner = []Key{
 	{Name: "ETL_TOOLS_DIR", Default: ".local/bin", Group: GroupRunner,
 		Usage: "Folder of nats-server and ferretdb, built by make tools."},
 	{Name: "ATTACK_DATA_DIR", Default: "../shared/attack", Group: GroupRunner,
-		Usage: "Folder of the ATT&CK bundles the local TAXII server serves when TAXII_API_URL is unset."},
+		Usage: "Folder of the ATT&CK bundles the local TAXII server serves when " +
+			"TAXII_API_URL is unset."},
 	{Name: "ATTACK_RELEASE", Default: "18.1", Group: GroupRunner,
 		Usage: "ATT&CK release whose bundles the local TAXII server serves."},
 	{Name: "ETL_LOADERS", Default: "1", Group: GroupRunner,

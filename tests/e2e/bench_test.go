@@ -148,7 +148,8 @@ func writeBenchTable(b *testing.B, rows []benchRow) {
 		"28,986 documents). Times run from the start of the step; peak memory is the process's "+
 		"maximum resident set size.\n\n", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(),
 		runtime.Version())
-	s.WriteString("| step | objects | seconds | objects/s | peak memory |\n| --- | ---: | ---: | ---: | ---: |\n")
+	s.WriteString("| step | objects | seconds | objects/s | peak memory |\n" +
+		"| --- | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
 		mem := "—"
 		if r.peakRSS > 0 {

@@ -69,8 +69,9 @@ func (e *env) rawPublished(after uint64) int {
 		return 0
 	}
 	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{bus.RawFilter("")}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: after + 1, HeadersOnly: true})
+		FilterSubjects: []string{bus.RawFilter("")},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    after + 1, HeadersOnly: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}

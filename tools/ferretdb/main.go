@@ -20,7 +20,8 @@ func main() {
 	handler := flag.String("handler", "postgresql", "back end: postgresql or sqlite")
 	pgURL := flag.String("postgresql-url", "postgres://127.0.0.1:5432/ferretdb",
 		"PostgreSQL connection string for the postgresql back end")
-	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite directory URI for the sqlite back end")
+	sqliteURL := flag.String("sqlite-url", "file:data/",
+		"SQLite directory URI for the sqlite back end")
 	level := flag.String("log-level", "warn", "log level: debug, info, warn or error")
 	flag.Parse()
 

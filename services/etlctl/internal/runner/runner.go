@@ -91,7 +91,8 @@ func Run(ctx context.Context, cfg *config.Values, log *zap.Logger, mode Mode) er
 		times.feed = time.Since(feedStart)
 		log.Info("extractor finished; waiting for the transformer",
 			zap.Duration("took", times.feed))
-		if err := w.waitConsumerDrained(ctx, r.stageExited, cfg.String("TRANSFORMER_DURABLE")); err != nil {
+		durable := cfg.String("TRANSFORMER_DURABLE")
+		if err := w.waitConsumerDrained(ctx, r.stageExited, durable); err != nil {
 			return fmt.Errorf("wait for the transformer: %w", err)
 		}
 		times.transform = time.Since(feedStart)

@@ -9,9 +9,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/publish"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 func msgs(n int, idPrefix string) []*nats.Msg {
@@ -26,7 +26,7 @@ func msgs(n int, idPrefix string) []*nats.Msg {
 }
 
 func TestPublishAll(t *testing.T) {
-	s := natstest.Start(t)
+	s := stacktest.JetStream(t)
 	ctx := context.Background()
 	tests := []struct {
 		name                     string
@@ -60,7 +60,7 @@ func TestPublishAll(t *testing.T) {
 }
 
 func TestPublishAllStopsWithContext(t *testing.T) {
-	s := natstest.Start(t)
+	s := stacktest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
 	<-ctx.Done()

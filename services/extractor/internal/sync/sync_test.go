@@ -14,10 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/attack-etl/attack-etl/services/extractor/internal/natstest"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/publish"
 	"github.com/attack-etl/attack-etl/services/extractor/internal/sync"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 	"github.com/attack-etl/attack-etl/shared/stix"
 )
 
@@ -60,7 +60,7 @@ func collection(objs []json.RawMessage, n int, dates []string, seen *[]string) s
 	}
 }
 
-func newSyncer(s *natstest.Server, o sync.Options, cps *sync.Checkpoints,
+func newSyncer(s *stacktest.Server, o sync.Options, cps *sync.Checkpoints,
 	warns *[]string) *sync.Syncer {
 	if o.RunID == "" {
 		o.RunID = "run-" + time.Now().Format("150405.000000000")
@@ -88,7 +88,7 @@ func lastRaw(t *testing.T, js jetstream.JetStream, id string) *jetstream.RawStre
 }
 
 func TestSyncPublishesOnlyNewVersions(t *testing.T) {
-	s := natstest.Start(t)
+	s := stacktest.JetStream(t)
 	ctx := context.Background()
 	old := objects(t, "../../testdata/ics-18.0-slice.json")
 	cur := objects(t, "../../testdata/ics-18.1-slice.json")
@@ -214,7 +214,7 @@ func checkSynced(t *testing.T, js jetstream.JetStream, runID string, want int) {
 }
 
 func TestSyncDeadLetters(t *testing.T) {
-	s := natstest.Start(t)
+	s := stacktest.JetStream(t)
 	ctx := context.Background()
 	// The three smallest real objects of the slice are published; the limit sits above them.
 	all := objects(t, "../../testdata/ics-18.1-slice.json")
@@ -282,7 +282,7 @@ func TestSyncDeadLetters(t *testing.T) {
 }
 
 func TestSyncCheckpoint(t *testing.T) {
-	s := natstest.Start(t)
+	s := stacktest.JetStream(t)
 	ctx := context.Background()
 	cps, err := sync.OpenCheckpoints(ctx, s.JS, 1)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/document"
 	"github.com/attack-etl/attack-etl/shared/localstack"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 var (
@@ -487,27 +488,8 @@ func TestLongWriteKeepsMessagesInProgress(t *testing.T) {
 }
 
 func TestNATSRestartMidRun(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := localstack.Start(ctx, localstack.Options{Dir: dir, BinDir: binDir, NATS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	nc, err := nats.Connect(s.NATSURL, nats.MaxReconnects(-1),
-		nats.ReconnectWait(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.EnsureStreams(ctx, js, bus.StreamOptions{DLQMaxAge: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
+	srv := stacktest.JetStream(t)
+	s, js := srv.Stack, srv.JS
 	e := &env{t: t, js: js, coll: fmt.Sprintf("objects_%d", collSeq.Add(1))}
 	docs := allDocs(t)
 	e.publish(docs, "run-nats")
@@ -521,7 +503,7 @@ func TestNATSRestartMidRun(t *testing.T) {
 		return cs[0].Snapshot().Documents+cs[1].Snapshot().Documents > 20
 	})
 	s.NATS.Stop(5 * time.Second)
-	if err := s.NATS.Start(ctx); err != nil {
+	if err := s.NATS.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	fixture.Eventually(t, 120*time.Second, "every message acked after the restart", func() bool {

@@ -6,15 +6,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
+
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
-	"github.com/attack-etl/attack-etl/services/loader/internal/fixture"
 	"github.com/attack-etl/attack-etl/services/loader/internal/report"
 )
 
 func TestRecordCountsEachIDOnce(t *testing.T) {
-	s := fixture.StartStack(t, false, true)
+	s := stacktest.Start(t, false, true)
 	client, err := mongo.Connect(options.Client().ApplyURI(s.MongoURI))
 	if err != nil {
 		t.Fatal(err)

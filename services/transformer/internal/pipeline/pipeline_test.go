@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,38 +19,14 @@ import (
 	"github.com/attack-etl/attack-etl/services/transformer/internal/resolve"
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/document"
-	"github.com/attack-etl/attack-etl/shared/localstack"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 	"github.com/attack-etl/attack-etl/shared/ops"
 )
 
 // startJetStream starts a private nats-server and returns a JetStream handle with the streams.
 func startJetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	bin := filepath.Join(rawtest.TestdataDir(), "..", "..", "..", ".local", "bin")
-	if _, err := os.Stat(filepath.Join(bin, "nats-server")); err != nil {
-		t.Skipf("nats-server not built in %s (make tools)", bin)
-	}
-	st, err := localstack.Start(ctx, localstack.Options{Dir: t.TempDir(), BinDir: bin, NATS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Stop)
-	nc, err := nats.Connect(st.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.EnsureStreams(ctx, js, bus.StreamOptions{Replicas: 1, RawHistory: 1,
-		DLQMaxAge: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return stacktest.JetStream(t).JS
 }
 
 func publishRaw(t testing.TB, js jetstream.JetStream, msgs []resolve.RawMsg) {

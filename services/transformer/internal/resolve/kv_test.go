@@ -3,44 +3,20 @@ package resolve_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/attack-etl/attack-etl/services/transformer/internal/flatten"
-	"github.com/attack-etl/attack-etl/services/transformer/internal/rawtest"
 	"github.com/attack-etl/attack-etl/services/transformer/internal/resolve"
-	"github.com/attack-etl/attack-etl/shared/localstack"
+	"github.com/attack-etl/attack-etl/shared/localstack/stacktest"
 )
 
 func openKV(t *testing.T) *resolve.KVStore {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	bin := filepath.Join(rawtest.TestdataDir(), "..", "..", "..", ".local", "bin")
-	if _, err := os.Stat(filepath.Join(bin, "nats-server")); err != nil {
-		t.Skipf("nats-server not built in %s", bin)
-	}
-	st, err := localstack.Start(ctx, localstack.Options{Dir: t.TempDir(), BinDir: bin, NATS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Stop)
-	nc, err := nats.Connect(st.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := resolve.OpenKV(ctx, js, 1)
+	kv, err := resolve.OpenKV(ctx, stacktest.JetStream(t).JS, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
