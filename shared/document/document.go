@@ -13,6 +13,8 @@ import (
 	"slices"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/attack-etl/attack-etl/shared/stix"
 )
 
@@ -81,7 +83,7 @@ type Document struct {
 
 	// Details holds the type-specific fields (such as a tactic's shortname or a campaign's
 	// first_seen) and unmapped custom properties, with keys made safe for MongoDB.
-	Details map[string]any `json:"details,omitempty" bson:"details,omitempty"`
+	Details Details `json:"details,omitempty" bson:"details,omitempty"`
 
 	Provenance Provenance `json:"provenance" bson:"provenance"`
 }
@@ -160,4 +162,41 @@ func SortedUnion(lists ...[]string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// Details holds a document's type-specific and unmapped properties. Its BSON form lists keys in
+// sorted order at every depth (a Go map has none), so that equal details are stored byte for
+// byte the same whichever process or run wrote them.
+type Details map[string]any
+
+// MarshalBSON encodes the details with sorted keys.
+func (d Details) MarshalBSON() ([]byte, error) {
+	return bson.Marshal(sortedValue(map[string]any(d)))
+}
+
+// sortedValue turns maps into documents with sorted keys, at every depth.
+func sortedValue(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		doc := make(bson.D, 0, len(x))
+		for _, k := range keys {
+			doc = append(doc, bson.E{Key: k, Value: sortedValue(x[k])})
+		}
+		return doc
+	case Details:
+		return sortedValue(map[string]any(x))
+	case []any:
+		out := make(bson.A, len(x))
+		for i, e := range x {
+			out[i] = sortedValue(e)
+		}
+		return out
+	default:
+		return v
+	}
 }

@@ -1,10 +1,12 @@
 package document_test
 
 import (
+	"bytes"
 	"reflect"
 	"testing"
 
 	"github.com/attack-etl/attack-etl/shared/document"
+	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 func TestRevOrdersVersions(t *testing.T) {
@@ -69,5 +71,29 @@ func TestSortedUnion(t *testing.T) {
 	}
 	if document.SortedUnion(nil, []string{}) != nil {
 		t.Fatal("SortedUnion of nothing is not nil")
+	}
+}
+
+func TestDetailsMarshalSorted(t *testing.T) {
+	d := document.Details{"zeta": 1.0, "alpha": map[string]any{"y": "b", "x": "a"},
+		"list": []any{map[string]any{"url": "u", "external_id": "e", "source_name": "s"}}}
+	want, err := bson.Marshal(bson.D{
+		{Key: "alpha", Value: bson.D{{Key: "x", Value: "a"}, {Key: "y", Value: "b"}}},
+		{Key: "list", Value: bson.A{bson.D{{Key: "external_id", Value: "e"},
+			{Key: "source_name", Value: "s"}, {Key: "url", Value: "u"}}}},
+		{Key: "zeta", Value: 1.0},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 { // map order is random: a lucky order must not pass
+		got, err := bson.Marshal(document.Document{ID: "x--1", Details: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var raw bson.Raw = got
+		if !bytes.Equal(raw.Lookup("details").Value, want) {
+			t.Fatalf("details not sorted: %s", raw.Lookup("details"))
+		}
 	}
 }

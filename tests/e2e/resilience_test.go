@@ -275,7 +275,7 @@ func TestReleaseUpgradeFlagsRemovedObjects(t *testing.T) {
 // loaderWrote reads how many documents a loader wrote from its summary log line.
 func loaderWrote(t *testing.T, logPath string) int {
 	t.Helper()
-	return countInLog(t, logPath, "written")
+	return countInLog(t, logPath, "documents")
 }
 
 // TestGracefulShutdown sends SIGTERM to each stage in the middle of a run: each exits 0 within
