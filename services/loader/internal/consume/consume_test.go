@@ -3,6 +3,7 @@ package consume_test
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,6 +37,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("skipped with -short: these tests need FerretDB")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "loader-consume-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,6 +31,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("skipped with -short: these tests need FerretDB")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "loader-store-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
