@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/attack-etl/attack-etl/shared/service"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -33,6 +35,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
 		fmt.Fprintln(os.Stderr, "loader:", config.RedactText(err.Error()))
 		os.Exit(1)
 	}

@@ -14,7 +14,9 @@ var userinfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s:]+)(:[^/@
 // NATS_URL). Text that is not a URL comes back unchanged.
 func RedactURL(s string) string {
 	if !strings.Contains(s, "://") {
-		return s
+		// A connection string without its scheme, such as user:secret@host, still carries a
+		// password.
+		return bareUserinfo.ReplaceAllString(s, "$1$2:xxxxx@")
 	}
 	parts := strings.Split(s, ",")
 	for i, p := range parts {
@@ -31,9 +33,14 @@ func RedactURL(s string) string {
 	return strings.Join(parts, ",")
 }
 
+// bareUserinfo matches user:password@ at the start of a text or after a space, a comma or a
+// quote, as in a connection string written without its scheme.
+var bareUserinfo = regexp.MustCompile(`(^|[\s,"'])([^\s/@:,"']+):[^\s/@,"']*@`)
+
 // RedactText masks every URL password found in free text, such as an error message that quotes
-// a connection string.
+// a connection string, with or without its scheme.
 func RedactText(s string) string {
+	s = bareUserinfo.ReplaceAllString(s, "$1$2:xxxxx@")
 	return userinfo.ReplaceAllStringFunc(s, func(m string) string {
 		sub := userinfo.FindStringSubmatch(m)
 		if sub[3] == "" {

@@ -16,6 +16,8 @@ func TestRedactURL(t *testing.T) {
 		{"user only", "nats://token@host:4222", "nats://token@host:4222"},
 		{"list", "nats://a:pw@h1:4222,nats://b:pw2@h2:4222", "nats://a:xxxxx@h1:4222,nats://b:xxxxx@h2:4222"},
 		{"not a url", "plain", "plain"},
+		{"no scheme", "admin:S3cret@127.0.0.1", "admin:xxxxx@127.0.0.1"},
+		{"host and port only", "127.0.0.1:27017", "127.0.0.1:27017"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -31,6 +33,10 @@ func TestRedactText(t *testing.T) {
 	got := config.RedactText(in)
 	if strings.Contains(got, "hunter2") {
 		t.Fatalf("password kept: %s", got)
+	}
+	bare := config.RedactText(`connect to MongoDB at admin:S3cret@127.0.0.1: refused`)
+	if strings.Contains(bare, "S3cret") || !strings.Contains(bare, "admin:xxxxx@127.0.0.1") {
+		t.Fatalf("password of a URI without scheme kept: %s", bare)
 	}
 	if !strings.Contains(got, "mongodb://root:xxxxx@10.0.0.1") {
 		t.Fatalf("URL mangled: %s", got)

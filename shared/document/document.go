@@ -49,13 +49,15 @@ type Document struct {
 	// Collections are the keys of the collections that serve the object, merged by the loader.
 	Collections []string `json:"collections" bson:"collections"`
 
-	Tactics        []string `json:"tactics,omitempty" bson:"tactics,omitempty"`
-	Platforms      []string `json:"platforms,omitempty" bson:"platforms,omitempty"`
-	Aliases        []string `json:"aliases,omitempty" bson:"aliases,omitempty"`
-	Contributors   []string `json:"contributors,omitempty" bson:"contributors,omitempty"`
-	DataSources    []string `json:"data_sources,omitempty" bson:"data_sources,omitempty"`
-	IsSubtechnique bool     `json:"is_subtechnique,omitempty" bson:"is_subtechnique,omitempty"`
-	ParentAttackID string   `json:"parent_attack_id,omitempty" bson:"parent_attack_id,omitempty"`
+	Tactics      []string `json:"tactics,omitempty" bson:"tactics,omitempty"`
+	Platforms    []string `json:"platforms,omitempty" bson:"platforms,omitempty"`
+	Aliases      []string `json:"aliases,omitempty" bson:"aliases,omitempty"`
+	Contributors []string `json:"contributors,omitempty" bson:"contributors,omitempty"`
+	DataSources  []string `json:"data_sources,omitempty" bson:"data_sources,omitempty"`
+	// IsSubtechnique is set on every attack-pattern, true or false, so that top-level
+	// techniques can be selected with is_subtechnique: false.
+	IsSubtechnique *bool  `json:"is_subtechnique,omitempty" bson:"is_subtechnique,omitempty"`
+	ParentAttackID string `json:"parent_attack_id,omitempty" bson:"parent_attack_id,omitempty"`
 	// Shortname is a tactic's x_mitre_shortname: the phase name that techniques list in Tactics.
 	Shortname string `json:"shortname,omitempty" bson:"shortname,omitempty"`
 	// FirstSeen and LastSeen are a campaign's first_seen and last_seen.

@@ -92,6 +92,10 @@ var (
 // cleanRun returns the documents of a clean run on the three 18.1 bundles with one loader, the
 // reference every crash and outage test must end equal to.
 func cleanRun(t *testing.T) map[string]bson.M {
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	attackDir(t) // skips without the real bundles, before the Once is spent
 	cleanOnce.Do(func() {
 		files := bundles(t, "18.1")
 		e := newEnv(t)

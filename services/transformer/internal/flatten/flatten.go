@@ -296,11 +296,12 @@ func (r *reader) common(d *document.Document, m stix.Meta) {
 func (r *reader) typed(d *document.Document) {
 	switch d.Type {
 	case "attack-pattern":
-		d.IsSubtechnique = r.boolean("x_mitre_is_subtechnique")
+		sub := r.boolean("x_mitre_is_subtechnique")
 		if parent, _, ok := strings.Cut(d.AttackID, "."); ok {
-			d.IsSubtechnique = true
+			sub = true
 			d.ParentAttackID = parent
 		}
+		d.IsSubtechnique = &sub
 	case "x-mitre-tactic":
 		d.Shortname = r.str("x_mitre_shortname")
 	case "relationship":

@@ -129,13 +129,15 @@ func TestGoldenExpectations(t *testing.T) {
 	}{
 		{"sub-technique ids", func() bool {
 			d := docs["attack-pattern"]
-			return d.AttackID == "T1059.001" && d.IsSubtechnique && d.ParentAttackID == "T1059" &&
+			return d.AttackID == "T1059.001" && d.IsSubtechnique != nil && *d.IsSubtechnique &&
+				d.ParentAttackID == "T1059" &&
 				slices.Equal(d.Tactics, []string{"execution"}) &&
 				d.URL == "https://attack.mitre.org/techniques/T1059/001"
 		}},
 		{"technique is no sub-technique", func() bool {
 			d := docs["attack-pattern-technique"]
-			return d.AttackID == "T1059" && !d.IsSubtechnique && d.ParentAttackID == ""
+			return d.AttackID == "T1059" && d.IsSubtechnique != nil && !*d.IsSubtechnique &&
+				d.ParentAttackID == ""
 		}},
 		{"revoked technique names its replacement", func() bool {
 			d, by := docs["attack-pattern-revoked"], docs["attack-pattern-replacement"]
