@@ -41,6 +41,9 @@ type Stack struct {
 	NATS, Postgres, FerretDB *Proc
 }
 
+// TODO(localstack): Start does not notice a stack already running on the same folder (make
+// stack in another terminal): PostgreSQL refuses with its lock file, but nats-server would open
+// the same JetStream store; a lock file of the folder should make the second start fail clearly.
 // Start starts the services the options ask for. On error, what was started is stopped.
 func Start(ctx context.Context, o Options) (*Stack, error) {
 	// Absolute paths: PostgreSQL resolves its socket folder from its data folder.

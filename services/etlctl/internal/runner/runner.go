@@ -319,6 +319,10 @@ func (r *run) stopAll() {
 	}
 }
 
+// lastLines returns the last n lines of a stage's log, passwords masked.
+//
+// TODO(etlctl): the logs are appended to across runs, so after a short failed run these lines
+// can include an earlier run's; the run should note each log's size at start and read past it.
 func lastLines(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -105,6 +105,10 @@ func (w *watcher) waitConsumerDrained(ctx context.Context, alive func() error,
 
 // waitFlatDrained waits until the work-queue stream of flattened documents is empty, which
 // happens only when a loader acked every document after MongoDB took it.
+//
+// TODO(etlctl): when every loader keeps failing (MongoDB unreachable, a wrong URI), this waits
+// until ETL_RUN_TIMEOUT with only a count of waiting documents, because the loaders' reasons
+// are in their own logs; the run should read the loaders' readiness or last error and say it.
 func (w *watcher) waitFlatDrained(ctx context.Context, alive func() error,
 	durable string) error {
 	return w.pollDone(ctx, alive, func(ctx context.Context) (bool, string, error) {
