@@ -97,7 +97,8 @@ compose-check:
 ## bench: throughput and memory of every stage on the real bundles; writes docs/benchmarks.md.
 bench: build tools
 	@mkdir -p docs $(LOCAL)
-	BENCH_OUT=$(abspath docs/benchmarks.md) go test -run '^$$' -bench . -benchtime 1x -timeout 60m ./tests/e2e/... | tee $(LOCAL)/bench.txt
+	BENCH_OUT=$(abspath docs/benchmarks.md) go test -run '^$$' -bench . -benchtime 1x \
+		-timeout 90m $(addsuffix /...,$(addprefix ./,$(MODULES))) | tee $(LOCAL)/bench.txt
 
 ## env-example: regenerate .env.example from the configuration catalogue.
 env-example: build
