@@ -196,6 +196,10 @@ func run(ctx context.Context, args []string) error {
 
 // openStore connects to MongoDB, retrying with back-off until it answers or ctx ends, and
 // creates the indexes.
+//
+// TODO(loader): a MONGO_URI that can never work (a wrong scheme, a malformed option or
+// password escape) is retried like an unreachable server, because both come back as errors of
+// store.Open; a parse of the URI before the loop should fail at once and name the key.
 func openStore(ctx context.Context, log *zap.Logger, set settings) (*store.Store, error) {
 	uri := config.RedactURL(set.mongoURI)
 	wait := 500 * time.Millisecond
