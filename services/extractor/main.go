@@ -32,7 +32,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := Main(ctx, os.Args[1:])
 	stop()
-	if errors.Is(err, pflag.ErrHelp) {
+	// A stop signal that let the page in hand finish is a clean stop: the next run goes on
+	// from what the stream holds.
+	if errors.Is(err, pflag.ErrHelp) || errors.Is(err, sync.ErrStopped) {
 		os.Exit(0)
 	}
 	if err != nil {
