@@ -33,10 +33,12 @@ func TestCollectionKey(t *testing.T) {
 	tests := []struct {
 		id, title, want string
 	}{
-		{"x-mitre-collection--1f5f1533-f617-4ca8-9ab4-6a02367fa019", "Enterprise ATT&CK", "enterprise-attack"},
+		{"x-mitre-collection--1f5f1533-f617-4ca8-9ab4-6a02367fa019",
+			"Enterprise ATT&CK", "enterprise-attack"},
 		{"x-mitre-collection--dac0d2d7-8653-445c-9bff-82f934c1e858", "Mobile ATT&CK", "mobile-attack"},
 		{"x-mitre-collection--90c00720-636b-4485-b342-8751d232bf09", "ICS ATT&CK", "ics-attack"},
-		{"91a7b528-80eb-42ed-a74d-c6fbd5a26116", "High Value Indicators", "91a7b528-80eb-42ed-a74d-c6fbd5a26116"},
+		{"91a7b528-80eb-42ed-a74d-c6fbd5a26116",
+			"High Value Indicators", "91a7b528-80eb-42ed-a74d-c6fbd5a26116"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.title, func(t *testing.T) {

@@ -13,16 +13,27 @@ func TestParseMeta(t *testing.T) {
 		raw  string
 		want error
 	}{
-		{"real 2.0 technique", `{"type":"attack-pattern","id":"attack-pattern--970a3432-3237-47ad-bcca-7d8cbb217736","created":"2020-01-10T16:03:50.785Z","modified":"2025-10-24T17:48:20.123Z"}`, nil},
-		{"marking without modified", `{"type":"marking-definition","id":"marking-definition--fa42a846-8d90-4e51-bc29-71d5b4802168","created":"2017-06-01T00:00:00Z"}`, nil},
+		{"real 2.0 technique",
+			`{"type":"attack-pattern",` +
+				`"id":"attack-pattern--970a3432-3237-47ad-bcca-7d8cbb217736",` +
+				`"created":"2020-01-10T16:03:50.785Z","modified":"2025-10-24T17:48:20.123Z"}`, nil},
+		{"marking without modified",
+			`{"type":"marking-definition",` +
+				`"id":"marking-definition--fa42a846-8d90-4e51-bc29-71d5b4802168",` +
+				`"created":"2017-06-01T00:00:00Z"}`, nil},
 		{"not json", `nope`, stix.ErrNotJSON},
 		{"array", `[1,2]`, stix.ErrNotJSON},
 		{"no type", `{"id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736"}`, stix.ErrMissingType},
 		{"no id", `{"type":"tool"}`, stix.ErrMissingID},
-		{"prefix is another type", `{"type":"malware","id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736"}`, stix.ErrBadID},
+		{"prefix is another type",
+			`{"type":"malware","id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736"}`, stix.ErrBadID},
 		{"no uuid", `{"type":"tool","id":"tool--x"}`, stix.ErrBadID},
-		{"bad created", `{"type":"tool","id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736","created":"yesterday"}`, stix.ErrBadTimestamp},
-		{"bad modified", `{"type":"tool","id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736","modified":"2020-13-01T00:00:00Z"}`, stix.ErrBadTimestamp},
+		{"bad created",
+			`{"type":"tool","id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736",` +
+				`"created":"yesterday"}`, stix.ErrBadTimestamp},
+		{"bad modified",
+			`{"type":"tool","id":"tool--970a3432-3237-47ad-bcca-7d8cbb217736",` +
+				`"modified":"2020-13-01T00:00:00Z"}`, stix.ErrBadTimestamp},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
