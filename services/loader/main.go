@@ -48,9 +48,26 @@ type settings struct {
 	mongoURI, db, coll string
 	mode               store.Mode
 	concurrency        int
+	swapMin            int
 	memory             bool
 	consume            consume.Options
 	progress           time.Duration
+}
+
+// atLeast returns an error naming the key when n is below least.
+func atLeast(key string, n, least int) error {
+	if n < least {
+		return fmt.Errorf("%s is %d; it must be at least %d", key, n, least)
+	}
+	return nil
+}
+
+// swapOption turns LOADER_SWAP_MIN (0 is off) into store.Options.SwapMin (0 is the default).
+func swapOption(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 func readSettings(c *config.Values) (settings, error) {
@@ -67,11 +84,19 @@ func readSettings(c *config.Values) (settings, error) {
 	errs(e)
 	s.concurrency, e = c.Int("LOADER_CONCURRENCY")
 	errs(e)
+	errs(atLeast("LOADER_CONCURRENCY", s.concurrency, 1))
+	s.swapMin, e = c.Int("LOADER_SWAP_MIN")
+	errs(e)
+	errs(atLeast("LOADER_SWAP_MIN", s.swapMin, 0))
 	s.memory, e = c.Bool("LOADER_MEMORY")
 	errs(e)
 	o := consume.Options{Stream: bus.StreamFlat, Durable: c.String("LOADER_DURABLE")}
 	o.BatchSize, e = c.Int("LOADER_BATCH_SIZE")
 	errs(e)
+	errs(atLeast("LOADER_BATCH_SIZE", o.BatchSize, 1))
+	o.RewriteBatchSize, e = c.Int("LOADER_REWRITE_BATCH_SIZE")
+	errs(e)
+	errs(atLeast("LOADER_REWRITE_BATCH_SIZE", o.RewriteBatchSize, 1))
 	o.BatchWait, e = c.Duration("LOADER_BATCH_WAIT")
 	errs(e)
 	o.AckWait, e = c.Duration("LOADER_ACK_WAIT")
@@ -208,7 +233,7 @@ func openStore(ctx context.Context, log *zap.Logger, set settings) (*store.Store
 		var err error
 		st, err = store.Open(ctx, store.Options{URI: set.mongoURI, Database: set.db,
 			Collection: set.coll, Mode: set.mode, Concurrency: set.concurrency,
-			NoMemory: !set.memory})
+			NoMemory: !set.memory, SwapMin: swapOption(set.swapMin)})
 		if err == nil {
 			break
 		}
@@ -287,7 +312,8 @@ func progress(ctx context.Context, log *zap.Logger, cons *consume.Consumer, ever
 			fields := []zap.Field{zap.Int64("messages", c.Messages),
 				zap.Int64("documents", c.Documents), zap.Float64("per_second", rate),
 				zap.Int64("batches", c.Batches), zap.Int64("conflicts", c.Conflicts),
-				zap.Int64("guarded_writes", c.Writes), zap.Int64("dead_lettered", c.DeadLettered),
+				zap.Int64("guarded_writes", c.Writes), zap.Int64("swapped", c.Swapped),
+				zap.Int64("dead_lettered", c.DeadLettered),
 				zap.Int64("outage_retries", c.Retries)}
 			log.Info("loading", append(fields, outcomeFields(c.Outcomes)...)...)
 		}
@@ -299,7 +325,7 @@ func summary(log *zap.Logger, cons *consume.Consumer, rec *report.Recorder, st *
 	c := cons.Snapshot()
 	took := time.Since(start)
 	fields := []zap.Field{zap.Int64("messages", c.Messages), zap.Int64("documents", c.Documents),
-		zap.Int64("written", c.Documents),
+		zap.Int64("written", c.Documents), zap.Int64("swapped", c.Swapped),
 		zap.Int64("dead_lettered", c.DeadLettered), zap.Int64("pruned", c.Pruned),
 		zap.Duration("took", took)}
 	log.Info("loader stopped", append(fields, outcomeFields(c.Outcomes)...)...)

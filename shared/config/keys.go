@@ -123,6 +123,9 @@ var Loader = []Key{
 		Usage: "Name of the durable consumer that every loader replica shares."},
 	{Name: "LOADER_BATCH_SIZE", Default: "500", Group: GroupLoader,
 		Usage: "Most documents written per batch."},
+	{Name: "LOADER_REWRITE_BATCH_SIZE", Default: "5000", Group: GroupLoader,
+		Usage: "Most documents per batch while replacements are swapped in bulk (a " +
+			"replay on FerretDB, where each such batch costs one collection scan)."},
 	{Name: "LOADER_BATCH_WAIT", Default: "1s", Group: GroupLoader,
 		Usage: "Longest wait to fill a batch before writing what arrived."},
 	{Name: "LOADER_WRITE_MODE", Default: "auto", Group: GroupLoader,
@@ -130,6 +133,9 @@ var Loader = []Key{
 			"FerretDB, bulk otherwise)."},
 	{Name: "LOADER_CONCURRENCY", Default: "4", Group: GroupLoader,
 		Usage: "Replacements written at once in single mode."},
+	{Name: "LOADER_SWAP_MIN", Default: "50", Group: GroupLoader,
+		Usage: "In single mode, the fewest replacements in a batch written as one " +
+			"delete and one insert (a replay); 0 writes each with its own replaceOne."},
 	{Name: "LOADER_ACK_WAIT", Default: "60s", Group: GroupLoader,
 		Usage: "How long JetStream waits for an ack before it hands a message to another loader."},
 	{Name: "LOADER_MAX_DELIVER", Default: "10", Group: GroupLoader,

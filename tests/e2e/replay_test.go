@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,16 +11,13 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
-// TestReplayRewritesEveryDocument loads the ICS 18.1 domain, then runs the documented replay
-// command with a raised schema version: every one of its 1,826 documents is rewritten from the
-// raw stream, and the TAXII server receives no request.
-//
-// TODO(loader): the test replays one domain, not all three, because a replay rewrites each
-// document with its own guarded replaceOne on FerretDB (bulk updates hang it), about 8 to 70
-// documents a second on these machines: the 28,986 documents of three domains would take
-// longer than CI allows. A bulk delete-and-insert path for mass rewrites is the fix.
+// TestReplayRewritesEveryDocument loads the three 18.1 domains, then runs the documented
+// replay command with a raised schema version and two loaders: every one of the 28,986
+// documents is rewritten from the raw stream (on FerretDB by bulk deletes and inserts, see
+// store.swap), the content is what the load gave, and the TAXII server receives no request.
 func TestReplayRewritesEveryDocument(t *testing.T) {
-	files := bundles(t, "18.1", "ics")
+	files := bundles(t, "18.1")
+	const documents = 28986
 	e := newEnv(t)
 	p := startPipeline(e, 1, files)
 	p.finish(20 * time.Minute)
@@ -35,7 +34,7 @@ func TestReplayRewritesEveryDocument(t *testing.T) {
 		t.Fatalf("etlctl replay exited %d\n%s\n%s", res.code, res.stdout, tailText(res.stderr, 30))
 	}
 	if !strings.Contains(res.stdout, "replay of the raw stream") ||
-		!strings.Contains(res.stdout, "documents in MongoDB: 1826") {
+		!strings.Contains(res.stdout, fmt.Sprintf("documents in MongoDB: %d", documents)) {
 		t.Errorf("replay summary:\n%s", res.stdout)
 	}
 	t.Logf("replay summary:\n%s", res.stdout)
@@ -50,8 +49,17 @@ func TestReplayRewritesEveryDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 1826 {
-		t.Errorf("%d documents carry schema version 2 after the replay, want 1826", n)
+	if n != documents {
+		t.Errorf("%d documents carry schema version 2 after the replay, want %d", n, documents)
+	}
+	// The loaders rewrote in bulk, not with one replaceOne per document.
+	swapped := 0
+	for _, l := range []string{"loader-1", "loader-2"} {
+		swapped += countInLog(t, filepath.Join(e.dir, "etl", "logs", l+".log"), "swapped")
+	}
+	if swapped < documents*9/10 {
+		t.Errorf("the loaders swapped %d documents in bulk, want nearly all %d", swapped,
+			documents)
 	}
 	// The content is what the load gave: only the provenance and the rev (which names the
 	// schema) changed.

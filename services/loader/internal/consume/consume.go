@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,6 +56,10 @@ type Options struct {
 	// BatchSize is the most messages per batch; BatchWait the longest wait to fill one.
 	BatchSize int
 	BatchWait time.Duration
+	// RewriteBatchSize is the most messages per batch while the writer swaps replacements in
+	// bulk (a mass rewrite such as a replay): each such batch costs FerretDB one scan of the
+	// collection whatever its size, so larger batches rewrite faster. Default 5000.
+	RewriteBatchSize int
 	// AckWait, MaxDeliver and BackOff shape the consumer's redelivery.
 	AckWait    time.Duration
 	MaxDeliver int
@@ -77,6 +82,9 @@ func (o *Options) defaults() {
 	if o.BatchSize <= 0 {
 		o.BatchSize = 500
 	}
+	if o.RewriteBatchSize <= 0 {
+		o.RewriteBatchSize = max(5000, o.BatchSize)
+	}
 	if o.BatchWait <= 0 {
 		o.BatchWait = time.Second
 	}
@@ -98,8 +106,9 @@ func (o *Options) defaults() {
 type Counters struct {
 	Messages, Documents, Batches, DeadLettered, Retries, Pruned int64
 	Outcomes                                                    map[store.Outcome]int64
-	// Conflicts counts documents that took the conflict path; Writes the guarded writes.
-	Conflicts, Writes int64
+	// Conflicts counts documents that took the conflict path; Writes the guarded writes;
+	// Swapped the replacements written by a bulk delete and insert.
+	Conflicts, Writes, Swapped int64
 }
 
 // Consumer is one loader's view of the shared durable consumer.
@@ -112,6 +121,10 @@ type Consumer struct {
 	o    Options
 	// ackWait is the consumer's effective ack wait (the first back-off when back-off is set).
 	ackWait time.Duration
+
+	// rewriting is set while the last batch's replacements were swapped in bulk; the next
+	// fetch then asks for RewriteBatchSize messages.
+	rewriting atomic.Bool
 
 	mu sync.Mutex
 	c  Counters
@@ -128,7 +141,7 @@ func ConsumerConfig(o Options) jetstream.ConsumerConfig {
 		AckWait:       o.AckWait,
 		MaxDeliver:    o.MaxDeliver,
 		BackOff:       o.BackOff,
-		MaxAckPending: max(20000, 4*o.BatchSize),
+		MaxAckPending: max(20000, 4*o.BatchSize, 2*o.RewriteBatchSize),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 }
@@ -174,7 +187,11 @@ func (c *Consumer) Snapshot() Counters {
 // the grace period, or left unacked for another loader. It returns nil on shutdown.
 func (c *Consumer) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
-		batch, err := c.cons.Fetch(c.o.BatchSize, jetstream.FetchMaxWait(c.o.BatchWait))
+		size := c.o.BatchSize
+		if c.rewriting.Load() {
+			size = c.o.RewriteBatchSize
+		}
+		batch, err := c.cons.Fetch(size, jetstream.FetchMaxWait(c.o.BatchWait))
 		if err != nil {
 			c.log.Warn("fetch from consumer failed; trying again", zap.String("consumer",
 				c.o.Durable), zap.Error(err))
@@ -274,12 +291,19 @@ func (c *Consumer) write(ctx, work context.Context, docs []document.Document) ([
 	wait := min(500*time.Millisecond, c.o.RetryMax)
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
+		t0 := time.Now()
 		res, st, err := c.w.Write(work, docs)
 		if err == nil {
+			c.rewriting.Store(st.Swapped > 0)
 			c.count(func(k *Counters) {
 				k.Conflicts += int64(st.Conflicts)
 				k.Writes += int64(st.Writes)
+				k.Swapped += int64(st.Swapped)
 			})
+			c.log.Debug("batch written", zap.Int("documents", len(docs)),
+				zap.Int("inserted", st.Inserted), zap.Int("conflicts", st.Conflicts),
+				zap.Int("swapped", st.Swapped), zap.Int("guarded_writes", st.Writes),
+				zap.Duration("took", time.Since(t0)))
 			if attempt > 1 {
 				c.log.Info("MongoDB writes succeed again; batch written",
 					zap.Int("documents", len(docs)), zap.Int("attempts", attempt),

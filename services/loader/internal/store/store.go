@@ -51,6 +51,9 @@ type Options struct {
 	// NoMemory turns off the memory of stored versions (see Warm); every write then asks the
 	// server.
 	NoMemory bool
+	// SwapMin is the fewest replacements in one batch that ModeSingle writes as one delete and
+	// one insert rather than one guarded replaceOne each (default 50; negative turns it off).
+	SwapMin int
 }
 
 // Store is a MongoDB collection of documents. It is safe for concurrent use, and any number of
@@ -65,7 +68,9 @@ type Store struct {
 	tries  int
 	// bulkChunk is the most models sent in one BulkWrite; tests set it to 1.
 	bulkChunk int
-	now       func() time.Time
+	// swapMin is the fewest replacements of a batch written by swap; 0 turns swap off.
+	swapMin int
+	now     func() time.Time
 	// meta holds the pruning events; known is the memory of stored versions, nil when off.
 	meta  *mongo.Collection
 	known *known
@@ -97,6 +102,12 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	if s.tries <= 0 {
 		s.tries = 10
+	}
+	switch {
+	case o.SwapMin == 0:
+		s.swapMin = 50
+	case o.SwapMin > 0:
+		s.swapMin = o.SwapMin
 	}
 	s.coll = s.db.Collection(o.Collection)
 	s.meta = s.db.Collection(o.Collection + "_meta")

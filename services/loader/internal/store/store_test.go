@@ -568,3 +568,105 @@ func TestEnsureIndexesRaceWithAnotherLoader(t *testing.T) {
 		t.Errorf("raced %v, indexes %v", raced, rep.Created)
 	}
 }
+
+// rewritten returns copies of the documents as a replay with a raised schema version makes
+// them: same content, a greater _rev.
+func rewritten(t testing.TB, docs []document.Document) []document.Document {
+	t.Helper()
+	out := make([]document.Document, len(docs))
+	for i, d := range docs {
+		d.Provenance.SchemaVersion++
+		if err := d.Seal(""); err != nil {
+			t.Fatal(err)
+		}
+		out[i] = d
+	}
+	return out
+}
+
+func TestSwapRewritesInBulk(t *testing.T) {
+	ics, err := fixture.Docs("run-1", icsOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		// meddle runs between the first load and the rewrite, on another store; it returns
+		// the id it changed and the rev that must stay.
+		meddle     func(t *testing.T, other *store.Store) (string, string)
+		swapMin    int
+		wantSwaps  int
+		wantMinors int
+	}{
+		{name: "every document of a replay is swapped", swapMin: 50, wantSwaps: len(ics),
+			wantMinors: len(ics)},
+		{name: "below the threshold each takes a replaceOne", swapMin: len(ics) + 1,
+			wantSwaps: 0, wantMinors: len(ics)},
+		{name: "a newer version written meanwhile by another loader stays", swapMin: 50,
+			meddle: func(t *testing.T, other *store.Store) (string, string) {
+				newer := ics[3]
+				newer.STIXModified, newer.Version = "2030-01-01T00:00:00.000Z", "9.0"
+				if err := newer.Seal(""); err != nil {
+					t.Fatal(err)
+				}
+				write(t, other, newer)
+				return newer.ID, newer.Rev
+			}, wantSwaps: len(ics) - 1, wantMinors: len(ics) - 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			name := newName()
+			ctx := context.Background()
+			s, err := store.Open(ctx, store.Options{URI: mongoURI, Database: "loadertest",
+				Collection: name, SwapMin: tc.swapMin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close(context.Background()) })
+			write(t, s, ics...)
+			keepID, keepRev := "", ""
+			if tc.meddle != nil {
+				keepID, keepRev = tc.meddle(t, open(t, store.ModeAuto, name))
+			}
+			again := rewritten(t, ics)
+			res, st, err := s.Write(ctx, again)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Swapped != tc.wantSwaps {
+				t.Errorf("swapped %d, want %d", st.Swapped, tc.wantSwaps)
+			}
+			minors := 0
+			for i, r := range res {
+				switch {
+				case r.Err != nil:
+					t.Errorf("%s: %v", again[i].ID, r.Err)
+				case r.Outcome == store.Minor:
+					minors++
+				case again[i].ID == keepID && r.Outcome == store.OutOfDate:
+				default:
+					t.Errorf("%s: outcome %s", again[i].ID, r.Outcome)
+				}
+			}
+			if minors != tc.wantMinors {
+				t.Errorf("%d new_minor outcomes, want %d", minors, tc.wantMinors)
+			}
+			n, err := s.Collection().CountDocuments(ctx, bson.D{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != int64(len(ics)) {
+				t.Errorf("%d documents stored, want %d", n, len(ics))
+			}
+			for _, d := range again {
+				want := d.Rev
+				if d.ID == keepID {
+					want = keepRev
+				}
+				if m := storedDoc(t, s, d.ID); m["_rev"] != want {
+					t.Errorf("%s: stored _rev %v, want %v", d.ID, m["_rev"], want)
+				}
+			}
+		})
+	}
+}

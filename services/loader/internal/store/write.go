@@ -69,6 +69,8 @@ type Stats struct {
 	Reads, Writes, Retries int
 	// Warms counts re-reads of the whole collection's versions (see Warm).
 	Warms int
+	// Swapped counts the replacements written by one delete and one insert (see swap).
+	Swapped int
 }
 
 // stored is the part of a stored document the conflict path reads.
@@ -169,7 +171,10 @@ func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, 
 		if s.mode == ModeBulk {
 			err = s.writeBulk(ctx, plans, &st)
 		} else {
-			err = s.writeSingle(ctx, plans, &st)
+			plans, err = s.swap(ctx, plans, &st)
+			if err == nil {
+				err = s.writeSingle(ctx, plans, &st)
+			}
 		}
 		if err != nil {
 			return nil, st, err
@@ -633,4 +638,78 @@ func isSubset(small, big []string) bool {
 		}
 	}
 	return true
+}
+
+// swap writes the replacements among plans as one deleteMany and one insertMany, when there
+// are at least s.swapMin of them, and returns the plans still to be written one by one.
+//
+// On FerretDB every filtered command scans the whole collection: a guarded replaceOne costs a
+// scan per document, a deleteMany by a list of ids one scan for the lot. The delete matches a
+// document only while it holds the version the decision was made on: its _rev is among the
+// read revs, and a rev names its id through the content hash, so the pair filter is exact
+// without an $or (which FerretDB evaluates far more slowly). A document a concurrent writer
+// changed in between is not deleted; its insert then fails on the duplicate id, and it takes
+// the guarded path, which reads it again. Between the two commands the swapped documents are
+// missing for readers; a crash there leaves them missing until their messages, which are acked
+// only after the insert, are redelivered and insert them again.
+func (s *Store) swap(ctx context.Context, plans []plan, st *Stats) ([]plan, error) {
+	if s.swapMin <= 0 {
+		return plans, nil
+	}
+	var swaps, rest []plan
+	for _, p := range plans {
+		if p.replacement != nil {
+			swaps = append(swaps, p)
+		} else {
+			rest = append(rest, p)
+		}
+	}
+	if len(swaps) < s.swapMin {
+		return plans, nil
+	}
+	ids := make(bson.A, len(swaps))
+	revs := make(bson.A, len(swaps))
+	docs := make([]any, len(swaps))
+	for i, p := range swaps {
+		ids[i], revs[i], docs[i] = p.state.ID, p.state.Rev, p.replacement
+	}
+	st.Writes++
+	_, err := s.coll.DeleteMany(ctx, bson.D{
+		{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
+		{Key: "_rev", Value: bson.D{{Key: "$in", Value: revs}}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete %d documents to replace them: %w", len(swaps), err)
+	}
+	st.Writes++
+	_, err = s.coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	failed := map[int]bool{}
+	if err != nil {
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || len(bwe.WriteErrors) == 0 || bwe.WriteConcernError != nil {
+			return nil, fmt.Errorf("insert %d replacements: %w", len(swaps), err)
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Index < 0 || we.Index >= len(swaps) {
+				return nil, fmt.Errorf("insert %d replacements: write error for index %d: %w",
+					len(swaps), we.Index, err)
+			}
+			failed[we.Index] = true
+			p := swaps[we.Index]
+			if isDuplicate(we.Code, we.Message) {
+				// Changed by another writer since it was read: decide again on a fresh read.
+				rest = append(rest, p)
+				continue
+			}
+			p.g.outcome, p.g.err = Failed, fmt.Errorf("insert %s: %s (code %d)", p.g.doc.ID,
+				we.Message, we.Code)
+		}
+	}
+	for i, p := range swaps {
+		if !failed[i] {
+			st.Swapped++
+			s.remember(afterPlan(p))
+		}
+	}
+	return rest, nil
 }
