@@ -76,8 +76,9 @@ func BenchmarkLoad(b *testing.B) {
 // BenchmarkConflictPath measures the conflict path on 2,000 stored documents: a re-run that
 // changes nothing by a loader that has no memory of them (a failed bulk insert, then one read
 // per batch), the same by a loader that warmed its memory first (Warm's time included), and
-// newer versions of every document (one guarded replacement each, single-statement commands,
-// 4 at once), with and without the query indexes.
+// newer versions of every document, as a replay writes them: swapped in bulk (one delete and
+// one insert per batch, with and without the query indexes) and one guarded replacement each
+// (single-statement commands, 4 at once).
 func BenchmarkConflictPath(b *testing.B) {
 	const n = 2000
 	docs := fixture.Synthetic(n, "enterprise-attack", "bench")
@@ -95,11 +96,13 @@ func BenchmarkConflictPath(b *testing.B) {
 		second  []document.Document
 		warm    bool
 		indexes bool
+		swapMin int
 	}{
-		{"unchanged/cold", docs, false, true},
-		{"unchanged/warm", docs, true, true},
-		{"replaced/indexes", newer, false, true},
-		{"replaced/no-indexes", newer, false, false},
+		{"unchanged/cold", docs, false, true, 0},
+		{"unchanged/warm", docs, true, true, 0},
+		{"replaced/swap/indexes", newer, false, true, 0},
+		{"replaced/swap/no-indexes", newer, false, false, 0},
+		{"replaced/one-by-one/indexes", newer, false, true, -1},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
@@ -112,7 +115,8 @@ func BenchmarkConflictPath(b *testing.B) {
 					}
 				}
 				load(b, []*store.Store{first}, docs)
-				s := open(b, store.ModeAuto, name) // another loader: no memory of them
+				// another loader: no memory of them
+				s := openWith(b, store.Options{Collection: name, SwapMin: tc.swapMin})
 				start := time.Now()
 				if tc.warm {
 					if _, err := s.Warm(context.Background()); err != nil {

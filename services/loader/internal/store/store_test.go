@@ -62,13 +62,20 @@ func TestMain(m *testing.M) {
 // open returns a store on a fresh collection; name reuses one for several stores.
 func open(t testing.TB, mode store.Mode, name string) *store.Store {
 	t.Helper()
-	if name == "" {
-		name = fmt.Sprintf("objects_%d", collSeq.Add(1))
+	return openWith(t, store.Options{Mode: mode, Collection: name, Concurrency: 4})
+}
+
+// openWith opens a store with the options on the test server and database; an empty
+// collection name means a fresh collection.
+func openWith(t testing.TB, o store.Options) *store.Store {
+	t.Helper()
+	if o.Collection == "" {
+		o.Collection = newName()
 	}
+	o.URI, o.Database = mongoURI, "loadertest"
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := store.Open(ctx, store.Options{URI: mongoURI, Database: "loadertest", Collection: name,
-		Mode: mode, Concurrency: 4})
+	s, err := store.Open(ctx, o)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
@@ -617,12 +624,7 @@ func TestSwapRewritesInBulk(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			name := newName()
 			ctx := context.Background()
-			s, err := store.Open(ctx, store.Options{URI: mongoURI, Database: "loadertest",
-				Collection: name, SwapMin: tc.swapMin})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = s.Close(context.Background()) })
+			s := openWith(t, store.Options{Collection: name, SwapMin: tc.swapMin})
 			write(t, s, ics...)
 			keepID, keepRev := "", ""
 			if tc.meddle != nil {
