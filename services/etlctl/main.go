@@ -98,7 +98,12 @@ func run(args []string) error {
 
 func dlq(ctx context.Context, cfg *config.Values, log *zap.Logger, cmd string,
 	f deadletters.Filter) error {
-	d, err := deadletters.Open(ctx, cfg, log)
+	url, stop, err := runner.LocalNATS(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	d, err := deadletters.Open(ctx, cfg, url, log)
 	if err != nil {
 		return err
 	}

@@ -80,6 +80,9 @@ func readSettings(c *config.Values) (settings, error) {
 		}
 	}
 	var e error
+	if e = store.CheckURI(s.mongoURI); e != nil {
+		errs(fmt.Errorf("MONGO_URI %s: %w", config.RedactURL(s.mongoURI), e))
+	}
 	s.mode, e = store.ParseMode(c.String("LOADER_WRITE_MODE"))
 	errs(e)
 	s.concurrency, e = c.Int("LOADER_CONCURRENCY")
@@ -220,11 +223,7 @@ func run(ctx context.Context, args []string) error {
 }
 
 // openStore connects to MongoDB, retrying with back-off until it answers or ctx ends, and
-// creates the indexes.
-//
-// TODO(loader): a MONGO_URI that can never work (a wrong scheme, a malformed option or
-// password escape) is retried like an unreachable server, because both come back as errors of
-// store.Open; a parse of the URI before the loop should fail at once and name the key.
+// creates the indexes. A malformed MONGO_URI was refused by readSettings before.
 func openStore(ctx context.Context, log *zap.Logger, set settings) (*store.Store, error) {
 	uri := config.RedactURL(set.mongoURI)
 	wait := 500 * time.Millisecond
@@ -237,7 +236,7 @@ func openStore(ctx context.Context, log *zap.Logger, set settings) (*store.Store
 		if err == nil {
 			break
 		}
-		if errors.Is(err, store.ErrBadMode) {
+		if errors.Is(err, store.ErrBadMode) || errors.Is(err, store.ErrBadURI) {
 			return nil, err
 		}
 		log.Warn("cannot reach MongoDB; retrying", zap.String("uri", uri),

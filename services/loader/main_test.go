@@ -21,6 +21,7 @@ import (
 
 	"github.com/attack-etl/attack-etl/services/loader/internal/fixture"
 	"github.com/attack-etl/attack-etl/shared/bus"
+	"github.com/attack-etl/attack-etl/shared/config"
 	"github.com/attack-etl/attack-etl/shared/localstack"
 )
 
@@ -118,5 +119,48 @@ func TestRunLoadsAndStops(t *testing.T) {
 	if err := mc.Database("maintest").Collection("objects_runs").FindOne(context.Background(),
 		bson.D{{Key: "_id", Value: "run-main"}}).Decode(&run); err != nil {
 		t.Fatalf("run report: %v", err)
+	}
+}
+
+func TestReadSettingsRefusesBadValues(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string // empty: accepted
+	}{
+		{name: "defaults", wantErr: ""},
+		{name: "malformed URI named, password masked",
+			args:    []string{"--mongo-uri", "mongodb://ana:s3cret@db:27017/?maxPoolSize=many"},
+			wantErr: "MONGO_URI mongodb://ana:xxxxx@db:27017"},
+		{name: "wrong scheme", args: []string{"--mongo-uri", "http://db:27017"},
+			wantErr: "MONGO_URI"},
+		{name: "negative batch size", args: []string{"--loader-batch-size", "-5"},
+			wantErr: "LOADER_BATCH_SIZE is -5"},
+		{name: "no concurrency", args: []string{"--loader-concurrency", "0"},
+			wantErr: "LOADER_CONCURRENCY is 0"},
+		{name: "negative swap threshold", args: []string{"--loader-swap-min", "-1"},
+			wantErr: "LOADER_SWAP_MIN is -1"},
+		{name: "swap off", args: []string{"--loader-swap-min", "0"}, wantErr: ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Load("loader", config.Join(config.Common, config.NATS,
+				config.Loader), tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = readSettings(cfg)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.wantErr != "" && err == nil:
+				t.Errorf("accepted, want an error with %q", tc.wantErr)
+			case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
+				t.Errorf("error %q, want it to contain %q", err, tc.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("password in the error: %v", err)
+			}
+		})
 	}
 }

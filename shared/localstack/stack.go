@@ -39,12 +39,15 @@ type Stack struct {
 	Backend string
 	// NATS, Postgres and FerretDB are the processes, nil when not started.
 	NATS, Postgres, FerretDB *Proc
+
+	// dir and lock are the folder and its lock, held until Stop.
+	dir  string
+	lock *os.File
 }
 
-// TODO(localstack): Start does not notice a stack already running on the same folder (make
-// stack in another terminal): PostgreSQL refuses with its lock file, but nats-server would open
-// the same JetStream store; a lock file of the folder should make the second start fail clearly.
-// Start starts the services the options ask for. On error, what was started is stopped.
+// Start starts the services the options ask for. On error, what was started is stopped. When
+// another process runs a stack on the same folder, Start returns a *RunningError (matching
+// ErrRunning) that gives that stack's URLs.
 func Start(ctx context.Context, o Options) (*Stack, error) {
 	// Absolute paths: PostgreSQL resolves its socket folder from its data folder.
 	dir, err := filepath.Abs(o.Dir)
@@ -55,7 +58,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("local stack folder: %w", err)
 	}
-	s := &Stack{}
+	lock, err := lockDir(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stack{dir: o.Dir, lock: lock}
 	ok := false
 	defer func() {
 		if !ok {
@@ -71,6 +78,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		if err := s.startMongo(ctx, o); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.writeInfo(o.Dir); err != nil {
+		return nil, err
 	}
 	ok = true
 	return s, nil
@@ -259,6 +269,11 @@ func (s *Stack) Stop() {
 		if p != nil {
 			p.Stop(15 * time.Second)
 		}
+	}
+	if s.lock != nil {
+		_ = os.Remove(filepath.Join(s.dir, infoFile))
+		_ = s.lock.Close() // releases the lock
+		s.lock = nil
 	}
 }
 

@@ -48,11 +48,15 @@ type Store struct {
 	log *zap.Logger
 }
 
-// Open connects to NATS and makes sure the streams exist.
-func Open(ctx context.Context, cfg *config.Values, log *zap.Logger) (*Store, error) {
+// Open connects to the NATS server at natsURL, with the credentials and TLS settings of cfg,
+// and makes sure the streams exist.
+func Open(ctx context.Context, cfg *config.Values, natsURL string, log *zap.Logger) (*Store,
+	error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(cctx, bus.OptionsFrom(cfg, "etlctl"), log)
+	o := bus.OptionsFrom(cfg, "etlctl")
+	o.URL = natsURL
+	nc, err := bus.Connect(cctx, o, log)
 	if err != nil {
 		return nil, err
 	}

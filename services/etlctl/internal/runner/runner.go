@@ -6,6 +6,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -44,6 +45,13 @@ func Run(ctx context.Context, cfg *config.Values, log *zap.Logger, mode Mode) er
 	if err != nil {
 		return err
 	}
+	loaders, err := cfg.Int("ETL_LOADERS")
+	if err != nil {
+		return err
+	}
+	if loaders < 1 {
+		return fmt.Errorf("ETL_LOADERS is %d; a run needs at least one loader", loaders)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	begin := time.Now()
@@ -51,7 +59,7 @@ func Run(ctx context.Context, cfg *config.Values, log *zap.Logger, mode Mode) er
 		binDir: cfg.String("ETL_BIN_DIR")}
 	defer r.stopAll()
 
-	if err := r.startStack(ctx); err != nil {
+	if err := r.startStack(ctx, true); err != nil {
 		return err
 	}
 	if mode == ModeExtract {
@@ -65,16 +73,12 @@ func Run(ctx context.Context, cfg *config.Values, log *zap.Logger, mode Mode) er
 	}
 	defer w.close()
 
-	loaders, err := cfg.Int("ETL_LOADERS")
-	if err != nil {
-		return err
-	}
 	if mode == ModeExtract {
 		if _, err := r.startStage(ctx, "transformer", "transformer"); err != nil {
 			return err
 		}
 	}
-	for i := 1; i <= max(loaders, 1); i++ {
+	for i := 1; i <= loaders; i++ {
 		if _, err := r.startStage(ctx, "loader", "loader-"+strconv.Itoa(i)); err != nil {
 			return err
 		}
@@ -105,7 +109,8 @@ func Run(ctx context.Context, cfg *config.Values, log *zap.Logger, mode Mode) er
 		times.transform = times.feed
 	}
 	log.Info("transform finished; waiting for the loaders", zap.Duration("took", times.transform))
-	if err := w.waitFlatDrained(ctx, r.stageExited, cfg.String("LOADER_DURABLE")); err != nil {
+	if err := w.waitFlatDrained(ctx, r.stageExited, cfg.String("LOADER_DURABLE"),
+		r.loaderWarnings); err != nil {
 		return fmt.Errorf("wait for the loaders: %w", err)
 	}
 	times.load = time.Since(feedStart)
@@ -131,7 +136,7 @@ func Run(ctx context.Context, cfg *config.Values, log *zap.Logger, mode Mode) er
 func Stack(ctx context.Context, cfg *config.Values, log *zap.Logger) error {
 	r := &run{cfg: cfg, log: log, localDir: cfg.String("ETL_LOCAL_DIR")}
 	defer r.stopAll()
-	if err := r.startStack(ctx); err != nil {
+	if err := r.startStack(ctx, false); err != nil {
 		return err
 	}
 	fmt.Printf("NATS_URL=%s\nMONGO_URI=%s\n", r.natsURL, r.mongoURI)
@@ -139,6 +144,31 @@ func Stack(ctx context.Context, cfg *config.Values, log *zap.Logger) error {
 		cfg.String("DB_NAME"))
 	<-ctx.Done()
 	return nil
+}
+
+// LocalNATS returns the NATS URL a command that needs only NATS (dlq) should use: NATS_URL when
+// it is configured, else the local stack's: the one already running (etlctl stack), or a
+// nats-server started on the local stack's data, which stop ends.
+func LocalNATS(ctx context.Context, cfg *config.Values, log *zap.Logger) (string, func(),
+	error) {
+	if cfg.Explicit("NATS_URL") {
+		return cfg.String("NATS_URL"), func() {}, nil
+	}
+	dir := filepath.Join(cfg.String("ETL_LOCAL_DIR"), "stack")
+	st, err := localstack.Start(ctx, localstack.Options{Dir: dir,
+		BinDir: cfg.String("ETL_TOOLS_DIR"), NATS: true, NATSAddr: localNATSAddr})
+	var running *localstack.RunningError
+	switch {
+	case errors.As(err, &running) && running.NATSURL != "":
+		log.Info("using the local stack already running", zap.Int("pid", running.PID),
+			zap.String("nats", running.NATSURL))
+		return running.NATSURL, func() {}, nil
+	case err != nil:
+		return "", nil, fmt.Errorf("start the local nats-server: %w", err)
+	}
+	log.Info("local nats-server started", zap.String("nats", st.NATSURL),
+		zap.String("data", dir))
+	return st.NATSURL, st.Stop, nil
 }
 
 // run holds the processes of one run.
@@ -156,7 +186,10 @@ type run struct {
 	taxiiURL string
 }
 
-func (r *run) startStack(ctx context.Context) error {
+// startStack starts the local services that no URL is configured for. When reuse is set and
+// another process (etlctl stack) already runs them on the same folder, the run uses that
+// process's services instead.
+func (r *run) startStack(ctx context.Context, reuse bool) error {
 	r.natsURL, r.mongoURI = r.cfg.String("NATS_URL"), r.cfg.String("MONGO_URI")
 	needNATS, needMongo := !r.cfg.Explicit("NATS_URL"), !r.cfg.Explicit("MONGO_URI")
 	if !needNATS && !needMongo {
@@ -167,6 +200,10 @@ func (r *run) startStack(ctx context.Context) error {
 		NATS: needNATS, Mongo: needMongo, NATSAddr: localNATSAddr, MongoAddr: localMongoAddr,
 		PostgresAddr: localPostgresAddr,
 	})
+	var running *localstack.RunningError
+	if errors.As(err, &running) {
+		return r.useRunningStack(running, reuse, needNATS, needMongo)
+	}
 	if err != nil {
 		return fmt.Errorf("start the local stack: %w", err)
 	}
@@ -180,6 +217,30 @@ func (r *run) startStack(ctx context.Context) error {
 	r.log.Info("local stack started", zap.String("nats", r.natsURL),
 		zap.String("mongo", config.RedactURL(r.mongoURI)), zap.String("backend", st.Backend),
 		zap.String("data", filepath.Join(r.localDir, "stack")))
+	return nil
+}
+
+// useRunningStack takes the URLs of the stack another process runs on the local folder.
+func (r *run) useRunningStack(running *localstack.RunningError, reuse, needNATS,
+	needMongo bool) error {
+	urls := fmt.Sprintf("NATS_URL=%s MONGO_URI=%s", running.NATSURL,
+		config.RedactURL(running.MongoURI))
+	if !reuse {
+		return fmt.Errorf("%w; its servers: %s", running, urls)
+	}
+	if (needNATS && running.NATSURL == "") || (needMongo && running.MongoURI == "") {
+		return fmt.Errorf("%w, without the servers this run needs (%s): stop it, or set "+
+			"NATS_URL and MONGO_URI", running, urls)
+	}
+	if needNATS {
+		r.natsURL = running.NATSURL
+	}
+	if needMongo {
+		r.mongoURI = running.MongoURI
+	}
+	r.log.Info("using the local stack already running", zap.Int("pid", running.PID),
+		zap.String("nats", r.natsURL), zap.String("mongo", config.RedactURL(r.mongoURI)),
+		zap.String("data", running.Dir))
 	return nil
 }
 
@@ -228,10 +289,16 @@ func (r *run) env() []string {
 	return env
 }
 
+// logPath returns the log of a stage for this run. A log of an earlier run is kept beside it as
+// <name>.log.prev, so that what the run quotes from a log is this run's.
 func (r *run) logPath(name string) string {
 	dir := filepath.Join(r.localDir, "logs")
 	_ = os.MkdirAll(dir, 0o755)
-	return filepath.Join(dir, name+".log")
+	path := filepath.Join(dir, name+".log")
+	if _, err := os.Stat(path); err == nil {
+		_ = os.Rename(path, path+".prev")
+	}
+	return path
 }
 
 // startStage starts a long-running stage in the background.
@@ -319,10 +386,46 @@ func (r *run) stopAll() {
 	}
 }
 
+// loaderWarnings returns the last warning or error each loader logged, as "loader-1: <message>
+// (<error>)", passwords masked; empty when none has warned.
+func (r *run) loaderWarnings() string {
+	var out []string
+	for _, p := range r.stages {
+		if !strings.HasPrefix(p.Name, "loader") {
+			continue
+		}
+		if w := lastWarning(p.LogPath); w != "" {
+			out = append(out, p.Name+": "+w)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// lastWarning returns the message and error of the last warn or error line of a JSON log.
+func lastWarning(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var e struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+			Error string `json:"error"`
+		}
+		if json.Unmarshal([]byte(lines[i]), &e) != nil || (e.Level != "warn" && e.Level != "error") {
+			continue
+		}
+		if e.Error != "" {
+			e.Msg += " (" + e.Error + ")"
+		}
+		return config.RedactText(e.Msg)
+	}
+	return ""
+}
+
 // lastLines returns the last n lines of a stage's log, passwords masked.
-//
-// TODO(etlctl): the logs are appended to across runs, so after a short failed run these lines
-// can include an earlier run's; the run should note each log's size at start and read past it.
 func lastLines(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -103,14 +103,17 @@ func (w *watcher) waitConsumerDrained(ctx context.Context, alive func() error,
 	})
 }
 
+// stallAfter is how long the documents waiting for the loaders may stay as many before the
+// progress line quotes the loaders' last warnings.
+const stallAfter = 20 * time.Second
+
 // waitFlatDrained waits until the work-queue stream of flattened documents is empty, which
-// happens only when a loader acked every document after MongoDB took it.
-//
-// TODO(etlctl): when every loader keeps failing (MongoDB unreachable, a wrong URI), this waits
-// until ETL_RUN_TIMEOUT with only a count of waiting documents, because the loaders' reasons
-// are in their own logs; the run should read the loaders' readiness or last error and say it.
+// happens only when a loader acked every document after MongoDB took it. When the count does
+// not move for stallAfter, the progress line adds what stalled returns (the loaders' last
+// warnings), so that a run whose loaders cannot write says why.
 func (w *watcher) waitFlatDrained(ctx context.Context, alive func() error,
-	durable string) error {
+	durable string, stalled func() string) error {
+	last, since := uint64(0), time.Now()
 	return w.pollDone(ctx, alive, func(ctx context.Context) (bool, string, error) {
 		s, err := w.js.Stream(ctx, bus.StreamFlat)
 		if err != nil {
@@ -120,8 +123,17 @@ func (w *watcher) waitFlatDrained(ctx context.Context, alive func() error,
 		if err != nil {
 			return false, "", fmt.Errorf("stream %s: %w", bus.StreamFlat, err)
 		}
-		return info.State.Msgs == 0, fmt.Sprintf("%s: %d documents waiting for %s",
-			bus.StreamFlat, info.State.Msgs, durable), nil
+		n := info.State.Msgs
+		progress := fmt.Sprintf("%s: %d documents waiting for %s", bus.StreamFlat, n, durable)
+		if n != last {
+			last, since = n, time.Now()
+		} else if n > 0 && time.Since(since) > stallAfter {
+			if why := stalled(); why != "" {
+				progress += fmt.Sprintf("; none written for %s; %s",
+					time.Since(since).Round(time.Second), why)
+			}
+		}
+		return n == 0, progress, nil
 	})
 }
 

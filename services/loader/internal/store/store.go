@@ -33,6 +33,17 @@ const (
 // ErrBadMode is returned for a write mode that is not auto, bulk or single.
 var ErrBadMode = errors.New("unknown write mode")
 
+// ErrBadURI is returned for a connection string that can never work, whatever the server does.
+var ErrBadURI = errors.New("malformed MongoDB connection string")
+
+// CheckURI parses a connection string as the driver will, without connecting.
+func CheckURI(uri string) error {
+	if err := options.Client().ApplyURI(uri).Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadURI, err)
+	}
+	return nil
+}
+
 // Options configures Open.
 type Options struct {
 	// URI is the MongoDB connection string.
@@ -83,6 +94,9 @@ type Store struct {
 func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
+	}
+	if err := CheckURI(o.URI); err != nil {
+		return nil, err
 	}
 	copts := options.Client().ApplyURI(o.URI).
 		SetServerSelectionTimeout(o.Timeout).
