@@ -88,6 +88,14 @@ type Document struct {
 	Details Details `json:"details,omitempty" bson:"details,omitempty"`
 
 	Provenance Provenance `json:"provenance" bson:"provenance"`
+
+	// RemovedFromSource is set by the loader, never by the transformer: when a full sync of
+	// every collection that served the object no longer served it.
+	RemovedFromSource *time.Time `json:"removed_from_source,omitempty" bson:"removed_from_source,omitempty"`
+	// Replayed is not stored: the loader sets it for a document that a replay re-derived
+	// (the Replay header), which rewrites content but never changes which collections serve
+	// the object.
+	Replayed bool `json:"-" bson:"-"`
 }
 
 // Provenance says where a document came from and which code shaped it.

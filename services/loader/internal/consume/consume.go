@@ -236,6 +236,9 @@ func (c *Consumer) Handle(ctx context.Context, msgs []jetstream.Msg) {
 		if err == nil && (d.ID == "" || d.Rev == "" || d.Type == "") {
 			err = errors.New("document lacks _id, type or _rev")
 		}
+		// Only pruning flags a document; a replay keeps the stored lists and flag.
+		d.RemovedFromSource = nil
+		d.Replayed = m.Headers().Get(bus.HeaderReplay) == "true"
 		if err != nil {
 			kind := bus.KindNotJSON
 			if json.Valid(m.Data()) {

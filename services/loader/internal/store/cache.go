@@ -69,8 +69,12 @@ func (k *known) put(v stored) {
 
 // stateOf is what is stored after a document was written.
 func stateOf(d *document.Document) stored {
-	return stored{ID: d.ID, Rev: d.Rev, Collections: d.Collections, Domains: d.Domains,
+	v := stored{ID: d.ID, Rev: d.Rev, Collections: d.Collections, Domains: d.Domains,
 		Version: d.Version, Revoked: d.Revoked, Deprecated: d.Deprecated}
+	if d.RemovedFromSource != nil {
+		v.Removed = *d.RemovedFromSource
+	}
+	return v
 }
 
 // remember records the state a plan left, when the store keeps a memory.

@@ -672,3 +672,66 @@ func TestSwapRewritesInBulk(t *testing.T) {
 		})
 	}
 }
+
+func TestReplayKeepsWhatPruningDid(t *testing.T) {
+	copies := pick(t, realDocs(t), twoCollections) // enterprise and mobile copies of one id
+	ics, err := fixture.Docs("run-1", icsOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ics[5] // the ICS sync will no longer serve it
+	for _, tc := range []struct {
+		name    string
+		swapMin int
+	}{{"swapped", 1}, {"one by one", -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s := openWith(t, store.Options{SwapMin: tc.swapMin})
+			first := slices.Concat(copies, ics)
+			write(t, s, first...)
+			served := map[string]struct{}{}
+			for _, d := range ics {
+				if d.ID != gone.ID {
+					served[d.ID] = struct{}{}
+				}
+			}
+			now := time.Now().UTC().Truncate(time.Millisecond)
+			if _, err := s.Prune(ctx, "mobile-attack", map[string]struct{}{}, now); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Prune(ctx, "ics-attack", served, now); err != nil {
+				t.Fatal(err)
+			}
+			replay := rewritten(t, first)
+			for i := range replay {
+				replay[i].Replayed = true
+			}
+			for _, r := range write(t, s, replay...) {
+				if r.Outcome != store.Minor && r.Outcome != store.Merged {
+					t.Errorf("replay outcome %s", r.Outcome)
+				}
+			}
+			m := storedDoc(t, s, copies[0].ID)
+			if got := fmt.Sprint(m["collections"]); got != "[enterprise-attack]" {
+				t.Errorf("detached collection came back: collections %s", got)
+			}
+			m = storedDoc(t, s, gone.ID)
+			if m[store.FieldRemoved] == nil {
+				t.Errorf("%s lost its removed_from_source flag in the replay", gone.ID)
+			}
+			if m["_rev"] != replay[len(copies)+5].Rev {
+				t.Errorf("%s not rewritten: _rev %v", gone.ID, m["_rev"])
+			}
+			// A new version from the source clears the flag, as before.
+			back := gone
+			back.STIXModified = "2030-01-01T00:00:00.000Z"
+			if err := back.Seal(""); err != nil {
+				t.Fatal(err)
+			}
+			write(t, s, back)
+			if m := storedDoc(t, s, gone.ID); m[store.FieldRemoved] != nil {
+				t.Errorf("a new version from the source kept the flag")
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -222,10 +223,12 @@ func collapse(docs []document.Document) []*group {
 		g.inputs = append(g.inputs, i)
 		cols := document.SortedUnion(g.doc.Collections, d.Collections)
 		doms := document.SortedUnion(g.doc.Domains, d.Domains)
+		replayed := g.doc.Replayed && d.Replayed
 		if d.Rev > g.doc.Rev {
 			g.doc = d
 		}
 		g.doc.Collections, g.doc.Domains = cols, doms
+		g.doc.Replayed = replayed
 	}
 	return out
 }
@@ -306,10 +309,15 @@ func decide(g *group, cur *stored) plan {
 	p := plan{g: g, state: *cur}
 	cols := document.SortedUnion(cur.Collections, d.Collections)
 	doms := document.SortedUnion(cur.Domains, d.Domains)
+	if d.Replayed {
+		// A replay re-derives content from raw messages, including those of collections
+		// that pruning detached or flagged: the stored lists and flag stand.
+		cols, doms = document.SortedUnion(cur.Collections), document.SortedUnion(cur.Domains)
+	}
 	sameLists := slices.Equal(cols, document.SortedUnion(cur.Collections)) &&
 		slices.Equal(doms, document.SortedUnion(cur.Domains))
 	switch {
-	case d.Rev < cur.Rev || (d.Rev == cur.Rev && sameLists && cur.Removed == nil):
+	case d.Rev < cur.Rev || (d.Rev == cur.Rev && sameLists && (cur.Removed == nil || d.Replayed)):
 		p.outcome = OutOfDate
 		if d.Rev == cur.Rev {
 			p.outcome = Unchanged
@@ -329,6 +337,9 @@ func decide(g *group, cur *stored) plan {
 	default:
 		nd := d
 		nd.Collections, nd.Domains = cols, doms
+		if d.Replayed {
+			nd.RemovedFromSource = removedAt(cur.Removed)
+		}
 		p.outcome = versionOutcome(cur, &nd)
 		p.filter = bson.D{{Key: "_id", Value: cur.ID}, {Key: "_rev", Value: cur.Rev}}
 		p.replacement = &nd
@@ -358,6 +369,26 @@ func listsSet(cols, doms []string) bson.D {
 		set = append(set, bson.E{Key: "domains", Value: doms})
 	}
 	return set
+}
+
+// removedAt reads a stored removed_from_source value; nil when it is not a date.
+func removedAt(v any) *time.Time {
+	var t time.Time
+	switch x := v.(type) {
+	case bson.DateTime:
+		t = x.Time()
+	case time.Time:
+		t = x
+	case *time.Time:
+		if x == nil {
+			return nil
+		}
+		t = *x
+	default:
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }
 
 // versionOutcome classifies a replacement of cur by d.
@@ -622,12 +653,15 @@ func applied(p plan, cur *stored) bool {
 	want := p.g.doc
 	cols := document.SortedUnion(p.state.Collections, want.Collections)
 	doms := document.SortedUnion(p.state.Domains, want.Domains)
+	if want.Replayed {
+		cols, doms = document.SortedUnion(p.state.Collections), document.SortedUnion(p.state.Domains)
+	}
 	if p.replacement == nil && !p.insert {
 		// A $set keeps the stored rev.
 		return cur.Rev == p.state.Rev && cur.Removed == nil &&
 			slices.Equal(cur.Collections, cols) && slices.Equal(document.SortedUnion(cur.Domains), doms)
 	}
-	return cur.Rev == want.Rev && cur.Removed == nil &&
+	return cur.Rev == want.Rev && (cur.Removed == nil || want.Replayed) &&
 		isSubset(cols, cur.Collections) && isSubset(doms, cur.Domains)
 }
 
