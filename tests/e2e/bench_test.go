@@ -46,8 +46,13 @@ func (e *env) waitConsumerIdle(durable string, timeout time.Duration) {
 // waitFlatEmpty waits until every flattened document was loaded and acked.
 func (e *env) waitFlatEmpty(timeout time.Duration) {
 	e.t.Helper()
-	waitFor(e.t, timeout, "the flat stream to empty", func() (bool, string) {
-		n := e.streamMsgs(bus.StreamFlat)
+	waitFor(e.t, timeout, "the loaders to finish the flat stream", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n, err := bus.FlatBacklog(ctx, e.js(), "loader")
+		if err != nil {
+			return false, err.Error()
+		}
 		return n == 0, fmt.Sprintf("%d documents waiting", n)
 	})
 }

@@ -107,23 +107,18 @@ func (w *watcher) waitConsumerDrained(ctx context.Context, alive func() error,
 // progress line quotes the loaders' last warnings.
 const stallAfter = 20 * time.Second
 
-// waitFlatDrained waits until the work-queue stream of flattened documents is empty, which
-// happens only when a loader acked every document after MongoDB took it. When the count does
-// not move for stallAfter, the progress line adds what stalled returns (the loaders' last
-// warnings), so that a run whose loaders cannot write says why.
+// waitFlatDrained waits until the loaders' durable consumer has delivered, and seen acked,
+// every flattened document (bus.FlatBacklog), which happens only when MongoDB took them all.
+// When the count does not move for stallAfter, the progress line adds what stalled returns (the
+// loaders' last warnings), so that a run whose loaders cannot write says why.
 func (w *watcher) waitFlatDrained(ctx context.Context, alive func() error,
 	durable string, stalled func() string) error {
 	last, since := uint64(0), time.Now()
 	return w.pollDone(ctx, alive, func(ctx context.Context) (bool, string, error) {
-		s, err := w.js.Stream(ctx, bus.StreamFlat)
+		n, err := bus.FlatBacklog(ctx, w.js, durable)
 		if err != nil {
-			return false, "", fmt.Errorf("stream %s: %w", bus.StreamFlat, err)
+			return false, "consumer " + durable + " not created yet", err
 		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return false, "", fmt.Errorf("stream %s: %w", bus.StreamFlat, err)
-		}
-		n := info.State.Msgs
 		progress := fmt.Sprintf("%s: %d documents waiting for %s", bus.StreamFlat, n, durable)
 		if n != last {
 			last, since = n, time.Now()
