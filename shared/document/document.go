@@ -89,9 +89,9 @@ type Document struct {
 
 	Provenance Provenance `json:"provenance" bson:"provenance"`
 
-	// RemovedFromSource is set by the loader, never by the transformer: when a full sync of
-	// every collection that served the object no longer served it.
-	RemovedFromSource *time.Time `json:"removed_from_source,omitempty" bson:"removed_from_source,omitempty"`
+	// Removed (removed_from_source) is set by the loader, never by the transformer: when the
+	// full syncs of every collection that served the object no longer served it.
+	Removed *time.Time `json:"removed_from_source,omitempty" bson:"removed_from_source,omitempty"`
 	// Replayed is not stored: the loader sets it for a document that a replay re-derived
 	// (the Replay header), which rewrites content but never changes which collections serve
 	// the object.

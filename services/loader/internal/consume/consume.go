@@ -237,7 +237,7 @@ func (c *Consumer) Handle(ctx context.Context, msgs []jetstream.Msg) {
 			err = errors.New("document lacks _id, type or _rev")
 		}
 		// Only pruning flags a document; a replay keeps the stored lists and flag.
-		d.RemovedFromSource = nil
+		d.Removed = nil
 		d.Replayed = m.Headers().Get(bus.HeaderReplay) == "true"
 		if err != nil {
 			kind := bus.KindNotJSON

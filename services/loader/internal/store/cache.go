@@ -71,8 +71,8 @@ func (k *known) put(v stored) {
 func stateOf(d *document.Document) stored {
 	v := stored{ID: d.ID, Rev: d.Rev, Collections: d.Collections, Domains: d.Domains,
 		Version: d.Version, Revoked: d.Revoked, Deprecated: d.Deprecated}
-	if d.RemovedFromSource != nil {
-		v.Removed = *d.RemovedFromSource
+	if d.Removed != nil {
+		v.Removed = *d.Removed
 	}
 	return v
 }

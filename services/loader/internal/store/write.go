@@ -307,13 +307,7 @@ func decide(g *group, cur *stored) plan {
 		return plan{g: g, outcome: Added, insert: true}
 	}
 	p := plan{g: g, state: *cur}
-	cols := document.SortedUnion(cur.Collections, d.Collections)
-	doms := document.SortedUnion(cur.Domains, d.Domains)
-	if d.Replayed {
-		// A replay re-derives content from raw messages, including those of collections
-		// that pruning detached or flagged: the stored lists and flag stand.
-		cols, doms = document.SortedUnion(cur.Collections), document.SortedUnion(cur.Domains)
-	}
+	cols, doms := listsAfter(cur, &d)
 	sameLists := slices.Equal(cols, document.SortedUnion(cur.Collections)) &&
 		slices.Equal(doms, document.SortedUnion(cur.Domains))
 	switch {
@@ -338,7 +332,7 @@ func decide(g *group, cur *stored) plan {
 		nd := d
 		nd.Collections, nd.Domains = cols, doms
 		if d.Replayed {
-			nd.RemovedFromSource = removedAt(cur.Removed)
+			nd.Removed = removedAt(cur.Removed)
 		}
 		p.outcome = versionOutcome(cur, &nd)
 		p.filter = bson.D{{Key: "_id", Value: cur.ID}, {Key: "_rev", Value: cur.Rev}}
@@ -371,23 +365,30 @@ func listsSet(cols, doms []string) bson.D {
 	return set
 }
 
-// removedAt reads a stored removed_from_source value; nil when it is not a date.
+// listsAfter returns the collections and domains a write of d leaves on the stored document
+// cur: the union of both, except for a replayed document, which re-derives content from raw
+// messages, including those of collections that pruning detached or flagged: then the stored
+// lists stand.
+func listsAfter(cur *stored, d *document.Document) (cols, doms []string) {
+	if d.Replayed {
+		return document.SortedUnion(cur.Collections), document.SortedUnion(cur.Domains)
+	}
+	return document.SortedUnion(cur.Collections, d.Collections),
+		document.SortedUnion(cur.Domains, d.Domains)
+}
+
+// removedAt reads a removed_from_source value as the server (a BSON date) or the memory of
+// stored versions (a time) holds it; nil when it is neither.
 func removedAt(v any) *time.Time {
 	var t time.Time
 	switch x := v.(type) {
 	case bson.DateTime:
-		t = x.Time()
+		t = x.Time().UTC()
 	case time.Time:
-		t = x
-	case *time.Time:
-		if x == nil {
-			return nil
-		}
-		t = *x
+		t = x.UTC()
 	default:
 		return nil
 	}
-	t = t.UTC()
 	return &t
 }
 
@@ -651,11 +652,7 @@ func applied(p plan, cur *stored) bool {
 		return false
 	}
 	want := p.g.doc
-	cols := document.SortedUnion(p.state.Collections, want.Collections)
-	doms := document.SortedUnion(p.state.Domains, want.Domains)
-	if want.Replayed {
-		cols, doms = document.SortedUnion(p.state.Collections), document.SortedUnion(p.state.Domains)
-	}
+	cols, doms := listsAfter(&p.state, &want)
 	if p.replacement == nil && !p.insert {
 		// A $set keeps the stored rev.
 		return cur.Rev == p.state.Rev && cur.Removed == nil &&
