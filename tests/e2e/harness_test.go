@@ -116,6 +116,7 @@ func newEnv(t testing.TB) *env {
 		st.Stop()
 		if t.Failed() {
 			e.dumpLogs()
+			e.keepLogs()
 		}
 	})
 	return e
@@ -133,6 +134,35 @@ func (e *env) dumpLogs() {
 		}
 		e.t.Logf("--- tail of %s ---\n%s", filepath.Base(l), strings.Join(lines, "\n"))
 	}
+}
+
+// keepLogs copies every process log of a failed test into $E2E_KEEP_LOGS/<test name>, when
+// that variable names a folder, for a look after the test's folder is gone.
+func (e *env) keepLogs() {
+	keep := os.Getenv("E2E_KEEP_LOGS")
+	if keep == "" {
+		return
+	}
+	dst := filepath.Join(keep, strings.ReplaceAll(e.t.Name(), "/", "_"))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		e.t.Logf("keep logs: %v", err)
+		return
+	}
+	var logs []string
+	for _, pat := range []string{"*.log", "stack/*.log", "etl/logs/*.log"} {
+		m, _ := filepath.Glob(filepath.Join(e.dir, pat))
+		logs = append(logs, m...)
+	}
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, filepath.Base(l)), b, 0o644)
+		}
+		if err != nil {
+			e.t.Logf("keep logs: %v", err)
+		}
+	}
+	e.t.Logf("logs kept in %s", dst)
 }
 
 // baseEnv is the environment every stage process of the test gets.

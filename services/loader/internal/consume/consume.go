@@ -306,6 +306,7 @@ func (c *Consumer) write(ctx, work context.Context, docs []document.Document) ([
 			c.log.Debug("batch written", zap.Int("documents", len(docs)),
 				zap.Int("inserted", st.Inserted), zap.Int("conflicts", st.Conflicts),
 				zap.Int("swapped", st.Swapped), zap.Int("guarded_writes", st.Writes),
+				zap.Int("lock_waits", st.LockWaits),
 				zap.Duration("took", time.Since(t0)))
 			if attempt > 1 {
 				c.log.Info("MongoDB writes succeed again; batch written",

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/attack-etl/attack-etl/shared/document"
 )
@@ -111,13 +110,9 @@ func (s *Store) Warm(ctx context.Context) (int, error) {
 	if err := s.checkEvents(ctx); err != nil {
 		return 0, err
 	}
-	cur, err := s.coll.Find(ctx, bson.D{}, options.Find().SetProjection(storedProjection))
+	all, err := s.readAll(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("read stored versions: %w", err)
-	}
-	var all []stored
-	if err := cur.All(ctx, &all); err != nil {
-		return 0, fmt.Errorf("read stored versions: %w", err)
+		return 0, err
 	}
 	s.known.mu.Lock()
 	defer s.known.mu.Unlock()

@@ -70,17 +70,47 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 			retErr = err
 		}
 	}()
-	for start := 0; start < len(res.Detached); start += pruneChunk {
-		ids := res.Detached[start:min(start+pruneChunk, len(res.Detached))]
+	if s.locks == nil {
+		return res, s.pruneIDs(ctx, collection, res.Detached, res.Flagged, at)
+	}
+	detached := make(map[string]bool, len(res.Detached))
+	for _, id := range res.Detached {
+		detached[id] = true
+	}
+	left, _, err := s.locks.withLocks(ctx, changed, func(taken []string) error {
+		var det, flag []string
+		for _, id := range taken {
+			if detached[id] {
+				det = append(det, id)
+			} else {
+				flag = append(flag, id)
+			}
+		}
+		return s.pruneIDs(ctx, collection, det, flag, at)
+	})
+	if err != nil {
+		return res, err
+	}
+	if len(left) > 0 {
+		return res, fmt.Errorf("prune %s: %d documents: %w", collection, len(left), ErrLocked)
+	}
+	return res, nil
+}
+
+// pruneIDs takes the collection out of the detached documents and flags the flagged ones.
+func (s *Store) pruneIDs(ctx context.Context, collection string, detached, flagged []string,
+	at time.Time) error {
+	for start := 0; start < len(detached); start += pruneChunk {
+		ids := detached[start:min(start+pruneChunk, len(detached))]
 		_, err := s.coll.UpdateMany(ctx,
 			bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
 			bson.D{{Key: "$pull", Value: bson.D{{Key: "collections", Value: collection}}}})
 		if err != nil {
-			return res, fmt.Errorf("detach %d documents from %s: %w", len(ids), collection, err)
+			return fmt.Errorf("detach %d documents from %s: %w", len(ids), collection, err)
 		}
 	}
-	for start := 0; start < len(res.Flagged); start += pruneChunk {
-		ids := res.Flagged[start:min(start+pruneChunk, len(res.Flagged))]
+	for start := 0; start < len(flagged); start += pruneChunk {
+		ids := flagged[start:min(start+pruneChunk, len(flagged))]
 		// The collections condition leaves alone a document another collection took up
 		// since it was listed.
 		_, err := s.coll.UpdateMany(ctx,
@@ -90,8 +120,8 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 			},
 			bson.D{{Key: "$set", Value: bson.D{{Key: FieldRemoved, Value: at}}}})
 		if err != nil {
-			return res, fmt.Errorf("flag %d documents of %s: %w", len(ids), collection, err)
+			return fmt.Errorf("flag %d documents of %s: %w", len(ids), collection, err)
 		}
 	}
-	return res, nil
+	return nil
 }

@@ -65,6 +65,11 @@ type Options struct {
 	// SwapMin is the fewest replacements in one batch that ModeSingle writes as one delete and
 	// one insert rather than one guarded replaceOne each (default 50; negative turns it off).
 	SwapMin int
+	// NoLocks turns off the locks that serialise changes of one stored document across stores
+	// on FerretDB (see locker); tests use it to show what they prevent.
+	NoLocks bool
+	// LockTTL is the age at which a lock left by a dead store is taken over (default 2 min).
+	LockTTL time.Duration
 }
 
 // Store is a MongoDB collection of documents. It is safe for concurrent use, and any number of
@@ -85,6 +90,8 @@ type Store struct {
 	// meta holds the pruning events; known is the memory of stored versions, nil when off.
 	meta  *mongo.Collection
 	known *known
+	// locks is set on servers whose conditional writes are not atomic (FerretDB).
+	locks *locker
 	// beforeCreate, when set by a test, runs before each index creation.
 	beforeCreate func(name string)
 }
@@ -137,6 +144,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		_ = client.Disconnect(context.WithoutCancel(ctx))
 		return nil, err
+	}
+	if s.ferret != "" && !o.NoLocks {
+		s.locks = newLocker(s.db.Collection(o.Collection+"_locks"), o.LockTTL)
 	}
 	switch o.Mode {
 	case "", ModeAuto:

@@ -344,6 +344,134 @@ func TestConcurrentStoresSameNewIDs(t *testing.T) {
 	}
 }
 
+// TestConcurrentChangesOfOneDocument has several stores change the same stored documents at
+// once, as loaders sharing a consumer do when copies of one object from several collections, or
+// versions of one relationship, arrive together: two merge their collection into the stored
+// version, one writes a newer version (swapped in bulk). Every document must end at the newer
+// version with every collection. On FerretDB, whose updates read and then write by _id, this
+// needs the locks: without them some merges are undone (7 to 29 of 200 documents lost one in
+// trials).
+func TestConcurrentChangesOfOneDocument(t *testing.T) {
+	docs, err := fixture.Docs("run-1", icsOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs = docs[:200]
+	name := newName()
+	write(t, openWith(t, store.Options{Collection: name}), docs...)
+	newer := make([]document.Document, len(docs))
+	for i, d := range docs {
+		m := d.Modified.Add(time.Hour)
+		d.Modified, d.STIXModified = &m, m.Format("2006-01-02T15:04:05.000Z")
+		if err := d.Seal(""); err != nil {
+			t.Fatal(err)
+		}
+		newer[i] = d
+	}
+	copies := func(src []document.Document, coll string) []document.Document {
+		out := make([]document.Document, len(src))
+		for i, d := range src {
+			d.Collections = []string{coll}
+			out[i] = d
+		}
+		return out
+	}
+	writers := [][]document.Document{copies(docs, "a"), copies(newer, "b"), copies(docs, "c")}
+	var wg sync.WaitGroup
+	for _, w := range writers {
+		s := openWith(t, store.Options{Collection: name, SwapMin: 20})
+		wg.Go(func() {
+			for start := 0; start < len(w); start += 25 {
+				res, _, err := s.Write(context.Background(), w[start:min(start+25, len(w))])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, r := range res {
+					if r.Err != nil {
+						t.Error(r.Err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	want := []any{"a", "b", "c", "ics-attack"}
+	lost := 0
+	for i, d := range newer {
+		m := storedDoc(t, writersStore(t, name), d.ID)
+		cols, _ := m["collections"].(bson.A)
+		if m["_rev"] != newer[i].Rev || !slices.Equal([]any(cols), want) {
+			if lost == 0 {
+				t.Errorf("%s: _rev %v collections %v, want %s and %v", d.ID, m["_rev"], cols,
+					newer[i].Rev, want)
+			}
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d documents lost a change", lost, len(docs))
+	}
+}
+
+// TestLocks shows how a store meets the lock of a document another store is changing: it
+// waits for a live one and takes over one a dead store left behind.
+func TestLocks(t *testing.T) {
+	all := realDocs(t)
+	pair := pick(t, all, twoCollections)
+	tests := []struct {
+		name string
+		// at is the age of the lock found; release is when its holder lets it go (0: never).
+		at       time.Duration
+		release  time.Duration
+		wantWait bool
+	}{
+		{"a live lock is waited for", 0, 300 * time.Millisecond, true},
+		{"a dead store's lock is taken over", 10 * time.Minute, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			name := newName()
+			s := openWith(t, store.Options{Collection: name, LockTTL: time.Minute})
+			write(t, s, pair[0])
+			locks := s.Database().Collection(name + "_locks")
+			ctx := context.Background()
+			_, err := locks.InsertOne(ctx, bson.D{{Key: "_id", Value: pair[0].ID},
+				{Key: "owner", Value: "another"}, {Key: "at", Value: time.Now().Add(-tc.at)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.release > 0 {
+				time.AfterFunc(tc.release, func() {
+					_, _ = locks.DeleteOne(ctx, bson.D{{Key: "_id", Value: pair[0].ID}})
+				})
+			}
+			res, st, err := s.Write(ctx, []document.Document{pair[1]})
+			if err != nil || res[0].Err != nil {
+				t.Fatalf("write: %v %v", err, res[0].Err)
+			}
+			if res[0].Outcome != store.Merged {
+				t.Errorf("outcome %s, want %s", res[0].Outcome, store.Merged)
+			}
+			if (st.LockWaits > 0) != tc.wantWait {
+				t.Errorf("%d lock waits, want some: %v", st.LockWaits, tc.wantWait)
+			}
+			if n, _ := locks.CountDocuments(ctx, bson.D{}); n != 0 {
+				t.Errorf("%d locks left after the write", n)
+			}
+			cols, _ := storedDoc(t, s, pair[0].ID)["collections"].(bson.A)
+			if len(cols) != 2 {
+				t.Errorf("collections %v, want both copies'", cols)
+			}
+		})
+	}
+}
+
+func writersStore(t testing.TB, name string) *store.Store {
+	t.Helper()
+	return openWith(t, store.Options{Collection: name, NoMemory: true})
+}
+
 func TestBulkInsertRetriesOnlyDuplicates(t *testing.T) {
 	docs, err := fixture.Docs("run-1", icsOnly)
 	if err != nil {

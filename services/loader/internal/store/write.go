@@ -72,6 +72,8 @@ type Stats struct {
 	Warms int
 	// Swapped counts the replacements written by one delete and one insert (see swap).
 	Swapped int
+	// LockWaits counts the pauses for documents another store held locked (see locker).
+	LockWaits int
 }
 
 // stored is the part of a stored document the conflict path reads.
@@ -101,6 +103,9 @@ type group struct {
 	inputs  []int
 	outcome Outcome
 	err     error
+	// deleted is the stored state this store deleted to swap the document, when another
+	// store's insert then came first.
+	deleted *stored
 }
 
 // Write stores a batch of documents. Copies of one id in the batch are collapsed first (the
@@ -169,15 +174,7 @@ func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, 
 		plans = append(plans, more...)
 	}
 	if len(plans) > 0 {
-		if s.mode == ModeBulk {
-			err = s.writeBulk(ctx, plans, &st)
-		} else {
-			plans, err = s.swap(ctx, plans, &st)
-			if err == nil {
-				err = s.writeSingle(ctx, plans, &st)
-			}
-		}
-		if err != nil {
+		if err := s.writePlans(ctx, plans, &st); err != nil {
 			return nil, st, err
 		}
 	}
@@ -192,6 +189,49 @@ func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, 
 		}
 	}
 	return res, st, nil
+}
+
+// writePlans runs the writes of the plans, each while holding its document's lock when the
+// server needs locks. A document another store keeps locked past the wait fails with
+// ErrLocked, to be retried by redelivery.
+func (s *Store) writePlans(ctx context.Context, plans []plan, st *Stats) error {
+	if s.locks == nil {
+		return s.runPlans(ctx, plans, st)
+	}
+	byID := make(map[string]plan, len(plans))
+	ids := make([]string, len(plans))
+	for i, p := range plans {
+		ids[i] = p.g.doc.ID
+		byID[ids[i]] = p
+	}
+	left, waits, err := s.locks.withLocks(ctx, ids, func(taken []string) error {
+		ps := make([]plan, len(taken))
+		for i, id := range taken {
+			ps[i] = byID[id]
+		}
+		return s.runPlans(ctx, ps, st)
+	})
+	st.LockWaits += waits
+	if err != nil {
+		return err
+	}
+	for _, id := range left {
+		g := byID[id].g
+		g.outcome, g.err = Failed, fmt.Errorf("%w: %s", ErrLocked, id)
+	}
+	return nil
+}
+
+// runPlans sends the writes of the plans in the store's mode.
+func (s *Store) runPlans(ctx context.Context, plans []plan, st *Stats) error {
+	if s.mode == ModeBulk {
+		return s.writeBulk(ctx, plans, st)
+	}
+	rest, err := s.swap(ctx, plans, st)
+	if err != nil {
+		return err
+	}
+	return s.writeSingle(ctx, rest, st)
 }
 
 // copyOutcome is the outcome reported for a further copy of an id in one batch.
@@ -304,10 +344,18 @@ type plan struct {
 func decide(g *group, cur *stored) plan {
 	d := g.doc
 	if cur == nil {
+		if g.deleted != nil {
+			// This store deleted the document to swap it: what it held must not be lost.
+			g.doc.Collections, g.doc.Domains = listsAfter(g.deleted, &d)
+			if d.Replayed {
+				g.doc.Removed = removedAt(g.deleted.Removed)
+			}
+		}
 		return plan{g: g, outcome: Added, insert: true}
 	}
 	p := plan{g: g, state: *cur}
-	cols, doms := listsAfter(cur, &d)
+	view := g.view(cur)
+	cols, doms := listsAfter(view, &d)
 	sameLists := slices.Equal(cols, document.SortedUnion(cur.Collections)) &&
 		slices.Equal(doms, document.SortedUnion(cur.Domains))
 	switch {
@@ -332,13 +380,30 @@ func decide(g *group, cur *stored) plan {
 		nd := d
 		nd.Collections, nd.Domains = cols, doms
 		if d.Replayed {
-			nd.Removed = removedAt(cur.Removed)
+			nd.Removed = removedAt(view.Removed)
 		}
 		p.outcome = versionOutcome(cur, &nd)
-		p.filter = bson.D{{Key: "_id", Value: cur.ID}, {Key: "_rev", Value: cur.Rev}}
+		// The lists are part of the guard: a merge by another loader keeps the _rev.
+		p.filter = casFilter(cur)
 		p.replacement = &nd
 	}
 	return p
+}
+
+// view is what decisions take the stored document cur to hold. It is cur itself, unless this
+// store deleted the document to swap it and another store inserted a copy before this store's
+// insert: then the lists and flag of the deleted document count as stored too.
+func (g *group) view(cur *stored) *stored {
+	if g.deleted == nil {
+		return cur
+	}
+	v := *cur
+	v.Collections = document.SortedUnion(cur.Collections, g.deleted.Collections)
+	v.Domains = document.SortedUnion(cur.Domains, g.deleted.Domains)
+	if v.Removed == nil {
+		v.Removed = g.deleted.Removed
+	}
+	return &v
 }
 
 // casFilter matches the stored document only while its version, collections and domains are
@@ -698,6 +763,92 @@ func (s *Store) swap(ctx context.Context, plans []plan, st *Stats) ([]plan, erro
 	if len(swaps) < s.swapMin {
 		return plans, nil
 	}
+	if s.locks != nil {
+		fresh, more, err := s.refresh(ctx, swaps, st)
+		if err != nil {
+			return nil, err
+		}
+		swaps, rest = fresh, append(rest, more...)
+	}
+	if len(swaps) == 0 {
+		return rest, nil
+	}
+	return s.swapNow(ctx, swaps, rest, st)
+}
+
+// refreshScan is the number of documents above which refresh reads every stored version rather
+// than the ids it needs: on FerretDB a filter by thousands of ids costs more than a full read.
+const refreshScan = 1000
+
+// refresh reads again, under their locks, the stored versions the swap plans were decided on,
+// since the swap's delete checks the _rev alone and another loader may have merged lists in
+// between. Plans whose document changed are decided again: those still replacements are
+// returned in swaps, the others in rest.
+func (s *Store) refresh(ctx context.Context, plans []plan, st *Stats) (swaps, rest []plan,
+	err error) {
+	ids := make([]string, len(plans))
+	for i, p := range plans {
+		ids[i] = p.g.doc.ID
+	}
+	var cur map[string]stored
+	if len(ids) > refreshScan {
+		cur, err = s.readAll(ctx)
+	} else {
+		cur, err = s.readStored(ctx, ids)
+	}
+	st.Reads++
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range plans {
+		c, ok := cur[p.g.doc.ID]
+		if ok && sameState(&c, &p.state) {
+			swaps = append(swaps, p)
+			continue
+		}
+		var now *stored
+		if ok {
+			now = &c
+			s.remember(c)
+		}
+		next := decide(p.g, now)
+		p.g.outcome = next.outcome
+		switch {
+		case next.replacement != nil:
+			swaps = append(swaps, next)
+		case next.filter != nil || next.insert:
+			rest = append(rest, next)
+		}
+	}
+	return swaps, rest, nil
+}
+
+// sameState reports whether two reads of one document hold the same version and lists.
+func sameState(a, b *stored) bool {
+	return a.Rev == b.Rev && slices.Equal(a.Collections, b.Collections) &&
+		slices.Equal(a.Domains, b.Domains) && (a.Removed == nil) == (b.Removed == nil)
+}
+
+// readAll reads the stored version of every document.
+func (s *Store) readAll(ctx context.Context) (map[string]stored, error) {
+	cur, err := s.coll.Find(ctx, bson.D{}, options.Find().SetProjection(storedProjection))
+	if err != nil {
+		return nil, fmt.Errorf("read stored versions: %w", err)
+	}
+	var all []stored
+	if err := cur.All(ctx, &all); err != nil {
+		return nil, fmt.Errorf("read stored versions: %w", err)
+	}
+	out := make(map[string]stored, len(all))
+	for _, v := range all {
+		out[v.ID] = v
+	}
+	return out, nil
+}
+
+// swapNow deletes and inserts the swap plans, and returns rest with the plans that must
+// still be written one by one.
+func (s *Store) swapNow(ctx context.Context, swaps, rest []plan, st *Stats) ([]plan, error) {
 	ids := make(bson.A, len(swaps))
 	revs := make(bson.A, len(swaps))
 	docs := make([]any, len(swaps))
@@ -728,7 +879,12 @@ func (s *Store) swap(ctx context.Context, plans []plan, st *Stats) ([]plan, erro
 			failed[we.Index] = true
 			p := swaps[we.Index]
 			if isDuplicate(we.Code, we.Message) {
-				// Changed by another writer since it was read: decide again on a fresh read.
+				// Inserted by another writer since the delete (or, without locks, changed
+				// since it was read): decide again on a fresh read, keeping what was deleted.
+				if s.locks != nil { // under its lock, the refreshed document was deleted
+					st := p.state
+					p.g.deleted = &st
+				}
 				rest = append(rest, p)
 				continue
 			}
