@@ -743,11 +743,18 @@ func isSubset(small, big []string) bool {
 // scan per document, a deleteMany by a list of ids one scan for the lot. The delete matches a
 // document only while it holds the version the decision was made on: its _rev is among the
 // read revs, and a rev names its id through the content hash, so the pair filter is exact
-// without an $or (which FerretDB evaluates far more slowly). A document a concurrent writer
-// changed in between is not deleted; its insert then fails on the duplicate id, and it takes
-// the guarded path, which reads it again. Between the two commands the swapped documents are
-// missing for readers; a crash there leaves them missing until their messages, which are acked
-// only after the insert, are redelivered and insert them again.
+// without an $or (which FerretDB evaluates far more slowly). The filter does not check the
+// lists, which a merge changes without a new _rev, so with locks (always on FerretDB) the
+// versions are read again under the locks first (refresh). Without locks, a document a
+// concurrent writer changed in between is not deleted; its insert then fails on the duplicate
+// id, and it takes the guarded path, which reads it again. Between the two commands the
+// swapped documents are missing for readers, and a store with no memory of one may insert its
+// own copy there: the guarded path then keeps the deleted document's lists (group.deleted).
+//
+// TODO(loader): a crash between the two commands leaves the documents missing until their
+// messages, acked only after the insert, are redelivered, and those insert them with their own
+// collections only, because other collections' copies are not sent again; the deleted lists
+// could be kept in the lock documents for the next writer to restore.
 func (s *Store) swap(ctx context.Context, plans []plan, st *Stats) ([]plan, error) {
 	if s.swapMin <= 0 {
 		return plans, nil
@@ -882,8 +889,8 @@ func (s *Store) swapNow(ctx context.Context, swaps, rest []plan, st *Stats) ([]p
 				// Inserted by another writer since the delete (or, without locks, changed
 				// since it was read): decide again on a fresh read, keeping what was deleted.
 				if s.locks != nil { // under its lock, the refreshed document was deleted
-					st := p.state
-					p.g.deleted = &st
+					was := p.state
+					p.g.deleted = &was
 				}
 				rest = append(rest, p)
 				continue
