@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -11,6 +16,8 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/localstack"
@@ -250,24 +257,13 @@ func TestReleaseUpgradeFlagsRemovedObjects(t *testing.T) {
 	e.waitFlatEmpty(20 * time.Minute)
 
 	c := e.collection()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cur, err := c.Find(ctx, bson.D{{Key: "removed_from_source", Value: bson.D{
-		{Key: "$exists", Value: true}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var flagged []bson.M
-	if err := cur.All(ctx, &flagged); err != nil {
-		t.Fatal(err)
-	}
+	flagged := flaggedIDs(t, c)
 	if len(flagged) != 2 {
 		t.Errorf("%d documents flagged removed_from_source, want the 2 relationships only 18.0 has",
 			len(flagged))
 	}
 	got := allDocs(t, c)
-	for _, f := range flagged {
-		id := f["_id"].(string)
+	for _, id := range flagged {
 		if _, inNew := want[id]; inNew {
 			t.Errorf("%s is flagged but 18.1 serves it", id)
 		}
@@ -312,4 +308,124 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	p.finish(20 * time.Minute)
 	sameDocuments(t, allDocs(t, e.collection()), want)
+}
+
+// TestServedAgainRestoresDocuments loads mobile and ICS 18.1, then runs a full sync against an
+// ICS collection that lacks five objects both domains serve and five only ICS serves: the
+// first lose ics-attack from their collections, the others are flagged. A full sync of the
+// whole collection again publishes nothing (every version is held), yet the pruning it ends
+// with gives the ten documents back their collection and clears the flags: the database equals
+// the first load's.
+func TestServedAgainRestoresDocuments(t *testing.T) {
+	files := bundles(t, "18.1", "mobile", "ics")
+	e := newEnv(t)
+	p := startPipeline(e, 1, files)
+	p.finish(20 * time.Minute)
+	want := allDocs(t, e.collection())
+
+	_, mobileIDs := bundleIndex(t, files[0])
+	var shared, own []string
+	thin := filepath.Join(e.dir, "thin", "ics-attack-18.1.json")
+	writeBundleWithout(t, files[1], thin, func(id string) bool {
+		if strings.HasPrefix(id, "x-mitre-data-component--") && mobileIDs[id] && len(shared) < 5 {
+			shared = append(shared, id)
+			return true
+		}
+		if strings.HasPrefix(id, "attack-pattern--") && !mobileIDs[id] && len(own) < 5 {
+			own = append(own, id)
+			return true
+		}
+		return false
+	})
+	fullSync := func(bundle string) {
+		e.mirror.Stop(5 * time.Second)
+		e.startMirror("standard", files[0], bundle)
+		res := e.run(10*time.Minute, "extractor", nil, "--full")
+		if res.code != 0 {
+			t.Fatalf("full sync exited %d: %s", res.code, tailText(res.stderr, 20))
+		}
+		e.waitConsumerIdle("transformer", 10*time.Minute)
+		e.waitFlatEmpty(10 * time.Minute)
+	}
+	fullSync(thin)
+	got := allDocs(t, e.collection())
+	for _, id := range shared {
+		if cols := fmt.Sprint(got[id]["collections"]); cols != "[mobile-attack]" {
+			t.Errorf("%s not served by ics-attack any more: collections %s", id, cols)
+		}
+	}
+	slices.Sort(own)
+	if flagged := flaggedIDs(t, e.collection()); !slices.Equal(flagged, own) {
+		t.Errorf("flagged %v, want the ICS-only objects left out %v", flagged, own)
+	}
+	seq := e.rawLastSeq()
+	fullSync(files[1])
+	if n := e.rawPublished(seq); n != 0 {
+		t.Errorf("the second full sync published %d objects, want none (all held)", n)
+	}
+	if flagged := flaggedIDs(t, e.collection()); len(flagged) > 0 {
+		t.Errorf("still flagged after the collection served them again: %v", flagged)
+	}
+	sameDocuments(t, allDocs(t, e.collection()), want)
+}
+
+// flaggedIDs returns the sorted ids of the documents flagged removed_from_source (which
+// allDocs leaves out).
+func flaggedIDs(t *testing.T, c *mongo.Collection) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cur, err := c.Find(ctx, bson.D{{Key: "removed_from_source", Value: bson.D{
+		{Key: "$exists", Value: true}}}}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs []struct {
+		ID string `bson:"_id"`
+	}
+	if err := cur.All(ctx, &docs); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, len(docs))
+	for i, d := range docs {
+		ids[i] = d.ID
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// writeBundleWithout writes the bundle src to dst as plain JSON without the objects drop
+// chooses.
+func writeBundleWithout(t *testing.T, src, dst string, drop func(id string) bool) {
+	t.Helper()
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b map[string]any
+	if err := json.NewDecoder(zr).Decode(&b); err != nil {
+		t.Fatal(err)
+	}
+	var kept []any
+	for _, o := range b["objects"].([]any) {
+		if id, _ := o.(map[string]any)["id"].(string); !drop(id) {
+			kept = append(kept, o)
+		}
+	}
+	b["objects"] = kept
+	out, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

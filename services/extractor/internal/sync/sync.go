@@ -173,7 +173,8 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (st Stats, err error) {
 		st.Mode = ModeFull
 	}
 	st.Checkpoint = st.AddedAfter
-	var served []string
+	// served lists every id served; kept those not published, as the pipeline held them.
+	var served, kept []string
 	seen := map[string]bool{}
 	fetched := s.opts.Now().UTC().Format(time.RFC3339)
 	var failures error
@@ -190,6 +191,9 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (st Stats, err error) {
 			if id != "" && !seen[id] {
 				seen[id] = true
 				served = append(served, id)
+				if out == outUnchanged || out == outOlder {
+					kept = append(kept, id)
+				}
 			}
 			switch out {
 			case outRejected:
@@ -242,7 +246,7 @@ func (s *Syncer) Sync(ctx context.Context, c Collection) (st Stats, err error) {
 	}
 	if full {
 		ev := SyncedEvent{RunID: s.opts.RunID, Collection: c.Key, CollectionID: c.ID}
-		if err := PublishSynced(ctx, s.js, ev, served, s.opts.Replicas); err != nil {
+		if err := PublishSynced(ctx, s.js, ev, served, kept, s.opts.Replicas); err != nil {
 			return st, err
 		}
 		st.Synced = true

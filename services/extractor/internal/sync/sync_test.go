@@ -141,7 +141,7 @@ func TestSyncPublishesOnlyNewVersions(t *testing.T) {
 					step.wantSynced)
 			}
 			if step.wantSynced {
-				checkSynced(t, s.JS, runID, 30)
+				checkSynced(t, s.JS, runID, 30, step.wantUnchanged+step.wantOl)
 			}
 		})
 		if !ok {
@@ -172,8 +172,9 @@ func TestSyncPublishesOnlyNewVersions(t *testing.T) {
 	}
 }
 
-// checkSynced checks the synced control event of a run and its id list.
-func checkSynced(t *testing.T, js jetstream.JetStream, runID string, want int) {
+// checkSynced checks the synced control event of a run and its id lists: want ids served,
+// held of them not published.
+func checkSynced(t *testing.T, js jetstream.JetStream, runID string, want, held int) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := js.Stream(ctx, bus.StreamRaw)
@@ -190,6 +191,9 @@ func checkSynced(t *testing.T, js jetstream.JetStream, runID string, want int) {
 	}
 	wantEv := sync.SyncedEvent{RunID: runID, Collection: "ics-attack", CollectionID: icsID,
 		Full: true, Count: want, IDsObject: "ics-attack." + runID}
+	if held > 0 {
+		wantEv.HeldObject, wantEv.HeldCount = wantEv.IDsObject+".held", held
+	}
 	if ev != wantEv {
 		t.Fatalf("synced event %+v, want %+v", ev, wantEv)
 	}
@@ -197,19 +201,28 @@ func checkSynced(t *testing.T, js jetstream.JetStream, runID string, want int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := obs.Get(ctx, ev.IDsObject)
-	if err != nil {
-		t.Fatalf("id list %s: %v", ev.IDsObject, err)
-	}
-	defer r.Close()
-	n := 0
-	for sc := bufio.NewScanner(r); sc.Scan(); n++ {
-		if !strings.Contains(sc.Text(), "--") {
-			t.Errorf("id list line %q is not a STIX id", sc.Text())
+	lists := []struct {
+		name string
+		want int
+	}{{ev.IDsObject, want}, {ev.HeldObject, held}}
+	for _, l := range lists {
+		if l.name == "" {
+			continue
 		}
-	}
-	if n != want {
-		t.Errorf("id list holds %d ids, want %d", n, want)
+		r, err := obs.Get(ctx, l.name)
+		if err != nil {
+			t.Fatalf("id list %s: %v", l.name, err)
+		}
+		n := 0
+		for sc := bufio.NewScanner(r); sc.Scan(); n++ {
+			if !strings.Contains(sc.Text(), "--") {
+				t.Errorf("id list %s line %q is not a STIX id", l.name, sc.Text())
+			}
+		}
+		r.Close()
+		if n != l.want {
+			t.Errorf("id list %s holds %d ids, want %d", l.name, n, l.want)
+		}
 	}
 }
 

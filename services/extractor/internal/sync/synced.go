@@ -31,16 +31,21 @@ type SyncedEvent struct {
 	Full         bool   `json:"full"`
 	Count        int    `json:"count"`
 	IDsObject    string `json:"ids_object"`
+	// HeldObject names the object with the served ids that were not published, because the
+	// pipeline held that version or a newer one: no message will bring their collection to the
+	// loader, which restores it itself where an earlier full sync had taken it away.
+	HeldObject string `json:"held_object,omitempty"`
+	HeldCount  int    `json:"held_count,omitempty"`
 }
 
 // IDsObjectName returns the object store name of a run's id list for a collection.
 func IDsObjectName(collectionKey, runID string) string { return collectionKey + "." + runID }
 
-// PublishSynced stores the ids served by a full sync as newline-separated text in the
-// SyncsBucket object store (created when missing), then publishes the synced control message and
-// waits for its ack.
-func PublishSynced(ctx context.Context, js jetstream.JetStream, ev SyncedEvent, ids []string,
-	replicas int) error {
+// PublishSynced stores the ids served by a full sync, and those of them it did not publish
+// (held), as newline-separated text in the SyncsBucket object store (created when missing),
+// then publishes the synced control message and waits for its ack.
+func PublishSynced(ctx context.Context, js jetstream.JetStream, ev SyncedEvent, ids,
+	held []string, replicas int) error {
 	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: SyncsBucket, Replicas: max(replicas, 1), TTL: SyncsTTL,
 		Description: "ids served by each full sync, one object per collection and run",
@@ -48,16 +53,17 @@ func PublishSynced(ctx context.Context, js jetstream.JetStream, ev SyncedEvent, 
 	if err != nil {
 		return fmt.Errorf("open object store %s: %w", SyncsBucket, err)
 	}
-	var buf bytes.Buffer
-	for _, id := range ids {
-		buf.WriteString(id)
-		buf.WriteByte('\n')
-	}
 	ev.IDsObject = IDsObjectName(ev.Collection, ev.RunID)
 	ev.Count = len(ids)
 	ev.Full = true
-	if _, err := obs.PutBytes(ctx, ev.IDsObject, buf.Bytes()); err != nil {
+	if _, err := obs.PutBytes(ctx, ev.IDsObject, idLines(ids)); err != nil {
 		return fmt.Errorf("store id list %s: %w", ev.IDsObject, err)
+	}
+	if len(held) > 0 {
+		ev.HeldObject, ev.HeldCount = ev.IDsObject+".held", len(held)
+		if _, err := obs.PutBytes(ctx, ev.HeldObject, idLines(held)); err != nil {
+			return fmt.Errorf("store id list %s: %w", ev.HeldObject, err)
+		}
 	}
 	body, err := json.Marshal(ev)
 	if err != nil {
@@ -73,4 +79,14 @@ func PublishSynced(ctx context.Context, js jetstream.JetStream, ev SyncedEvent, 
 		return fmt.Errorf("publish synced event of %s: %w", ev.Collection, err)
 	}
 	return nil
+}
+
+// idLines writes ids one a line.
+func idLines(ids []string) []byte {
+	var buf bytes.Buffer
+	for _, id := range ids {
+		buf.WriteString(id)
+		buf.WriteByte('\n')
+	}
+	return buf.Bytes()
 }

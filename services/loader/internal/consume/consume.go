@@ -39,8 +39,9 @@ type Writer interface {
 	Write(ctx context.Context, docs []document.Document) ([]store.Result, store.Stats, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
-	// Prune flags the documents of a collection that its full sync no longer served.
-	Prune(ctx context.Context, collection string, served map[string]struct{},
+	// Prune flags the documents of a collection that its full sync no longer served, and
+	// restores those it served again.
+	Prune(ctx context.Context, collection string, served store.Served,
 		at time.Time) (store.PruneResult, error)
 }
 

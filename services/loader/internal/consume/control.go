@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/attack-etl/attack-etl/services/loader/internal/store"
 	"github.com/attack-etl/attack-etl/shared/bus"
 	"github.com/attack-etl/attack-etl/shared/config"
 )
@@ -29,6 +30,9 @@ type Synced struct {
 	// IDsObject names the object, in the SyncBucket object store, that holds the ids the sync
 	// served, one a line.
 	IDsObject string `json:"ids_object"`
+	// HeldObject names the object with the ids among them that the sync did not publish, since
+	// the pipeline held their version; empty from extractors that did not list them.
+	HeldObject string `json:"held_object,omitempty"`
 }
 
 // control handles one control event and settles its message.
@@ -81,8 +85,15 @@ func (c *Consumer) synced(ctx context.Context, collection string, body []byte) e
 		return fmt.Errorf("ids object %s holds %d ids, the event says %d", ev.IDsObject,
 			len(served), ev.Count)
 	}
+	var held map[string]struct{}
+	if ev.HeldObject != "" {
+		if held, err = c.servedIDs(ctx, ev.HeldObject); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
-	res, err := c.w.Prune(ctx, collection, served, time.Now().UTC().Truncate(time.Millisecond))
+	res, err := c.w.Prune(ctx, collection, store.Served{IDs: served, Held: held},
+		time.Now().UTC().Truncate(time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", collection, err)
 	}
@@ -90,7 +101,8 @@ func (c *Consumer) synced(ctx context.Context, collection string, body []byte) e
 	c.log.Info("full sync pruned", zap.String("collection", collection),
 		zap.String("run", ev.RunID), zap.Int("served", len(served)),
 		zap.Int("stored", res.Checked), zap.Int("flagged", len(res.Flagged)),
-		zap.Int("detached", len(res.Detached)), zap.Strings("flagged_ids", head(res.Flagged)),
+		zap.Int("detached", len(res.Detached)), zap.Int("restored", len(res.Restored)),
+		zap.Strings("flagged_ids", head(res.Flagged)),
 		zap.Duration("took", time.Since(start)))
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/attack-etl/attack-etl/shared/document"
 )
 
 // PruneResult says what Prune changed.
@@ -19,25 +21,37 @@ type PruneResult struct {
 	// Detached are the ids that other collections still serve: only the collection's key was
 	// taken out of their collections.
 	Detached []string
+	// Restored are the ids the sync served again, unchanged, after an earlier full sync had
+	// detached or flagged them: the collection's key is back, the flag gone. (A new version does
+	// this through its message; an unchanged one is not published again.)
+	Restored []string
+}
+
+// Served is what a full sync of one collection served.
+type Served struct {
+	// IDs holds every id served.
+	IDs map[string]struct{}
+	// Held holds the ids among them that the sync did not publish because the pipeline held
+	// that version or a newer one; nil when the extractor did not say.
+	Held map[string]struct{}
 }
 
 // pruneChunk is how many ids one pruning statement names.
 const pruneChunk = 200
 
-// Prune handles the end of a full sync of one collection. served holds every id the sync
-// served. A stored document that names the collection but was not served either loses the
+// Prune handles the end of a full sync of one collection. A stored document that names the collection but was not served either loses the
 // collection's key from its collections, when other collections still serve it, or, when the
 // collection was its only one, is flagged with removed_from_source = at (and keeps its
-// collections, so that it says where it came from). Documents are never deleted; a flagged
-// document loses its flag when a collection serves it again.
+// collections, so that it says where it came from). Documents are never deleted. A flagged
+// document the sync served loses its flag; a document without the collection's key that the
+// sync served but did not publish (held: no message will bring the key) gets it back.
 //
 // Each statement is a single update naming up to pruneChunk ids, safe on FerretDB.
-func (s *Store) Prune(ctx context.Context, collection string, served map[string]struct{},
+func (s *Store) Prune(ctx context.Context, collection string, served Served,
 	at time.Time) (res PruneResult, retErr error) {
-	cur, err := s.coll.Find(ctx, bson.D{{Key: "collections", Value: collection}},
-		options.Find().SetProjection(bson.D{
-			{Key: "collections", Value: 1}, {Key: FieldRemoved, Value: 1},
-		}))
+	cur, err := s.coll.Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{
+		{Key: "collections", Value: 1}, {Key: FieldRemoved, Value: 1},
+	}))
 	if err != nil {
 		return res, fmt.Errorf("list documents of %s: %w", collection, err)
 	}
@@ -45,9 +59,22 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 	if err := cur.All(ctx, &docs); err != nil {
 		return res, fmt.Errorf("list documents of %s: %w", collection, err)
 	}
-	res.Checked = len(docs)
+	restore := map[string]stored{}
 	for _, d := range docs {
-		if _, ok := served[d.ID]; ok {
+		_, isServed := served.IDs[d.ID]
+		_, isHeld := served.Held[d.ID]
+		names := slices.Contains(d.Collections, collection)
+		if names {
+			res.Checked++
+		}
+		if isServed {
+			if (names && d.Removed != nil) || (!names && isHeld) {
+				res.Restored = append(res.Restored, d.ID)
+				restore[d.ID] = d
+			}
+			continue
+		}
+		if !names {
 			continue
 		}
 		if len(d.Collections) > 1 {
@@ -56,7 +83,7 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 			res.Flagged = append(res.Flagged, d.ID)
 		}
 	}
-	changed := slices.Concat(res.Detached, res.Flagged)
+	changed := slices.Concat(res.Detached, res.Flagged, res.Restored)
 	if len(changed) == 0 {
 		return res, nil
 	}
@@ -71,22 +98,31 @@ func (s *Store) Prune(ctx context.Context, collection string, served map[string]
 		}
 	}()
 	if s.locks == nil {
-		return res, s.pruneIDs(ctx, collection, res.Detached, res.Flagged, at)
+		if err := s.pruneIDs(ctx, collection, res.Detached, res.Flagged, at); err != nil {
+			return res, err
+		}
+		return res, s.restore(ctx, collection, res.Restored, restore)
 	}
 	detached := make(map[string]bool, len(res.Detached))
 	for _, id := range res.Detached {
 		detached[id] = true
 	}
 	left, _, err := s.locks.withLocks(ctx, changed, func(taken []string) error {
-		var det, flag []string
+		var det, flag, back []string
 		for _, id := range taken {
-			if detached[id] {
+			switch _, ok := restore[id]; {
+			case ok:
+				back = append(back, id)
+			case detached[id]:
 				det = append(det, id)
-			} else {
+			default:
 				flag = append(flag, id)
 			}
 		}
-		return s.pruneIDs(ctx, collection, det, flag, at)
+		if err := s.pruneIDs(ctx, collection, det, flag, at); err != nil {
+			return err
+		}
+		return s.restore(ctx, collection, back, restore)
 	})
 	if err != nil {
 		return res, err
@@ -121,6 +157,37 @@ func (s *Store) pruneIDs(ctx context.Context, collection string, detached, flagg
 			bson.D{{Key: "$set", Value: bson.D{{Key: FieldRemoved, Value: at}}}})
 		if err != nil {
 			return fmt.Errorf("flag %d documents of %s: %w", len(ids), collection, err)
+		}
+	}
+	return nil
+}
+
+// restore gives the documents the sync served again their collection back and clears their
+// flag, one guarded update each (they are few: objects a collection dropped and took back).
+// was holds each one as Prune read it; a document changed since is read again.
+func (s *Store) restore(ctx context.Context, collection string, ids []string,
+	was map[string]stored) error {
+	for _, id := range ids {
+		d := was[id]
+		cur := &d
+		for try := 0; cur != nil && try < s.tries; try++ {
+			update := bson.D{{Key: "$set", Value: bson.D{{Key: "collections",
+				Value: document.SortedUnion(cur.Collections, []string{collection})}}}}
+			if cur.Removed != nil {
+				update = append(update, bson.E{Key: "$unset",
+					Value: bson.D{{Key: FieldRemoved, Value: ""}}})
+			}
+			r, err := s.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: id},
+				listFilter("collections", cur.Collections)}, update)
+			if err != nil {
+				return fmt.Errorf("restore %s to %s: %w", id, collection, err)
+			}
+			if r.MatchedCount == 1 {
+				break
+			}
+			if cur, err = s.readOne(ctx, id); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

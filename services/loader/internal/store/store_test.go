@@ -539,7 +539,7 @@ func TestPrune(t *testing.T) {
 		served[d.ID] = struct{}{}
 	}
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	res, err := s.Prune(context.Background(), "ics-attack", served, at)
+	res, err := s.Prune(context.Background(), "ics-attack", store.Served{IDs: served}, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +553,7 @@ func TestPrune(t *testing.T) {
 		t.Errorf("served %s flagged", ics[5].ID)
 	}
 	// A full sync of mobile without the shared object detaches it from mobile only.
-	res, err = s.Prune(context.Background(), "mobile-attack", map[string]struct{}{}, at)
+	res, err = s.Prune(context.Background(), "mobile-attack", store.Served{}, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,7 +563,45 @@ func TestPrune(t *testing.T) {
 	if got := fmt.Sprint(storedDoc(t, s, copies[0].ID)["collections"]); got != "[enterprise-attack]" {
 		t.Errorf("collections after detach = %s", got)
 	}
-	// Served again: the flag is cleared.
+	// Served again unchanged by full syncs: a held id gets its collection back, a flagged one
+	// loses its flag; a published one is left to its message.
+	again := []struct {
+		name, collection string
+		served, held     []string
+		want             []string
+	}{
+		{"published copy is left to its message", "mobile-attack",
+			[]string{copies[0].ID}, nil, nil},
+		{"held copy gets its collection back", "mobile-attack",
+			[]string{copies[0].ID}, []string{copies[0].ID}, []string{copies[0].ID}},
+		{"flagged and served loses its flag", "ics-attack",
+			[]string{ics[1].ID}, nil, []string{ics[1].ID}},
+	}
+	for _, tc := range again {
+		set := func(ids []string) map[string]struct{} {
+			m := map[string]struct{}{}
+			for _, id := range ids {
+				m[id] = struct{}{}
+			}
+			return m
+		}
+		res, err := s.Prune(context.Background(), tc.collection,
+			store.Served{IDs: set(tc.served), Held: set(tc.held)}, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(res.Restored, tc.want) {
+			t.Errorf("%s: restored %v, want %v", tc.name, res.Restored, tc.want)
+		}
+	}
+	if got := fmt.Sprint(storedDoc(t, s, copies[0].ID)["collections"]); got !=
+		"[enterprise-attack mobile-attack]" {
+		t.Errorf("collections after a held copy was served again = %s", got)
+	}
+	if m := storedDoc(t, s, ics[1].ID); m[store.FieldRemoved] != nil {
+		t.Errorf("flag of %s kept after a full sync served it again", ics[1].ID)
+	}
+	// Served again through a message: the flag is cleared.
 	res2 := write(t, s, ics[0])
 	if res2[0].Outcome != store.Merged {
 		t.Errorf("re-served flagged document: %s, want merged", res2[0].Outcome)
@@ -618,7 +656,7 @@ func TestStaleMemoryStaysRight(t *testing.T) {
 			return write(t, a, vers[0])[0].Outcome
 		}, store.OutOfDate, vers[0].ID},
 		{"pruning by another store is seen", func() store.Outcome {
-			if _, err := b.Prune(context.Background(), "ics-attack", nil, time.Now()); err != nil {
+			if _, err := b.Prune(context.Background(), "ics-attack", store.Served{}, time.Now()); err != nil {
 				t.Fatal(err)
 			}
 			return write(t, a, ics[0])[0].Outcome
@@ -824,10 +862,10 @@ func TestReplayKeepsWhatPruningDid(t *testing.T) {
 				}
 			}
 			now := time.Now().UTC().Truncate(time.Millisecond)
-			if _, err := s.Prune(ctx, "mobile-attack", map[string]struct{}{}, now); err != nil {
+			if _, err := s.Prune(ctx, "mobile-attack", store.Served{}, now); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := s.Prune(ctx, "ics-attack", served, now); err != nil {
+			if _, err := s.Prune(ctx, "ics-attack", store.Served{IDs: served}, now); err != nil {
 				t.Fatal(err)
 			}
 			replay := rewritten(t, first)
