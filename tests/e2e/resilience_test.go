@@ -359,14 +359,30 @@ func TestServedAgainRestoresDocuments(t *testing.T) {
 		t.Errorf("flagged %v, want the ICS-only objects left out %v", flagged, own)
 	}
 	seq := e.rawLastSeq()
+	runs := e.stackCount("objects_runs")
 	fullSync(files[1])
 	if n := e.rawPublished(seq); n != 0 {
 		t.Errorf("the second full sync published %d objects, want none (all held)", n)
+	}
+	if n := e.stackCount("objects_runs") - runs; n != 1 {
+		t.Errorf("%d new run reports after a sync that published nothing, want 1", n)
 	}
 	if flagged := flaggedIDs(t, e.collection()); len(flagged) > 0 {
 		t.Errorf("still flagged after the collection served them again: %v", flagged)
 	}
 	sameDocuments(t, allDocs(t, e.collection()), want)
+}
+
+// stackCount counts the documents of a collection of the test's database.
+func (e *env) stackCount(name string) int64 {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n, err := e.collection().Database().Collection(name).CountDocuments(ctx, bson.D{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
 }
 
 // flaggedIDs returns the sorted ids of the documents flagged removed_from_source (which

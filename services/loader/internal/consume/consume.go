@@ -47,7 +47,10 @@ type Writer interface {
 
 // Recorder keeps the change report; *report.Recorder implements it.
 type Recorder interface {
+	// Record stores the outcomes of a batch.
 	Record(ctx context.Context, entries []report.Entry) error
+	// Touch records that a run happened, for runs that change nothing.
+	Touch(ctx context.Context, runID string) error
 }
 
 // Options configures a Consumer.

@@ -71,6 +71,12 @@ func (c *Consumer) synced(ctx context.Context, collection string, body []byte) e
 	if ev.Collection != "" {
 		collection = ev.Collection
 	}
+	if c.rec != nil {
+		if err := c.rec.Touch(ctx, ev.RunID); err != nil {
+			c.log.Warn("run not recorded", zap.String("run", ev.RunID),
+				zap.String("error", config.RedactText(err.Error())))
+		}
+	}
 	if !ev.Full {
 		return nil // incremental runs never flag
 	}

@@ -181,6 +181,15 @@ func (r *Recorder) Local() map[string]map[string]int64 {
 	return out
 }
 
+// Touch creates the report of a run, or moves its updated_at, without outcomes: the loader
+// calls it for the end of a full sync, so that a run that published nothing is on record too.
+func (r *Recorder) Touch(ctx context.Context, runID string) error {
+	if runID == "" {
+		runID = UnknownRun
+	}
+	return r.touch(ctx, runID, r.now())
+}
+
 // touch creates the run's document or moves its updated_at. Its fields are set, never
 // incremented, so concurrent loaders cannot lose an update (FerretDB was seen to lose
 // concurrent $inc updates); a lost upsert race is retried once as a plain update.

@@ -51,12 +51,20 @@ func TestRecordCountsEachIDOnce(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 	}
+	// A run that changed nothing, recorded at the end of its full sync, and touched again for
+	// its next collection.
+	for range 2 {
+		if err := a.Touch(ctx, "r-nothing-new"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tests := []struct {
 		name, run string
 		want      map[string]int64
 	}{
 		{"run r1", "r1", map[string]int64{"added": 1, "new_minor": 1, "merged": 1}},
 		{"entries without run id", report.UnknownRun, map[string]int64{"failed": 1}},
+		{"run that changed nothing", "r-nothing-new", map[string]int64{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
