@@ -82,11 +82,13 @@ func (l *locker) tryLock(ctx context.Context, ids []string) (token string, taken
 	if len(busy) > 0 {
 		stale, err := l.takeOver(ctx, busy)
 		if err != nil {
+			_ = l.unlock(context.WithoutCancel(ctx), token)
 			return token, nil, nil, err
 		}
 		if len(stale) > 0 {
 			still, err := l.insert(ctx, stale, token)
 			if err != nil {
+				_ = l.unlock(context.WithoutCancel(ctx), token)
 				return token, nil, nil, err
 			}
 			busy = slices.DeleteFunc(busy, func(id string) bool {
