@@ -359,12 +359,12 @@ func TestServedAgainRestoresDocuments(t *testing.T) {
 		t.Errorf("flagged %v, want the ICS-only objects left out %v", flagged, own)
 	}
 	seq := e.rawLastSeq()
-	runs := e.stackCount("objects_runs")
+	runs := e.docCount("objects_runs")
 	fullSync(files[1])
 	if n := e.rawPublished(seq); n != 0 {
 		t.Errorf("the second full sync published %d objects, want none (all held)", n)
 	}
-	if n := e.stackCount("objects_runs") - runs; n != 1 {
+	if n := e.docCount("objects_runs") - runs; n != 1 {
 		t.Errorf("%d new run reports after a sync that published nothing, want 1", n)
 	}
 	if flagged := flaggedIDs(t, e.collection()); len(flagged) > 0 {
@@ -373,8 +373,8 @@ func TestServedAgainRestoresDocuments(t *testing.T) {
 	sameDocuments(t, allDocs(t, e.collection()), want)
 }
 
-// stackCount counts the documents of a collection of the test's database.
-func (e *env) stackCount(name string) int64 {
+// docCount counts the documents of a collection in the test's database.
+func (e *env) docCount(name string) int64 {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

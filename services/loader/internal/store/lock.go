@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"slices"
@@ -55,18 +56,14 @@ var ErrLocked = errors.New("document locked by another loader")
 // swap of 5,000 replacements about 20 s on FerretDB). An id waits at most a minute longer.
 const lockTTL = 2 * time.Minute
 
-var ownerSeq atomic.Uint64
-
 func newLocker(coll *mongo.Collection, ttl time.Duration) *locker {
 	if ttl <= 0 {
 		ttl = lockTTL
 	}
-	now := time.Now().UTC()
 	return &locker{
 		coll: coll, ttl: ttl, wait: ttl + time.Minute,
-		owner: strconv.FormatInt(now.UnixNano(), 36) + "-" +
-			strconv.FormatUint(ownerSeq.Add(1), 36),
-		now: func() time.Time { return time.Now().UTC() },
+		owner: rand.Text(),
+		now:   func() time.Time { return time.Now().UTC() },
 	}
 }
 
@@ -166,9 +163,12 @@ func (l *locker) unlock(ctx context.Context, token string) error {
 
 // withLocks runs fn on the ids whose locks it holds, as many times as it takes to hold every
 // id once, and returns the ids it could not lock within the wait. It never waits while it
-// holds locks.
+// holds locks. A nil locker (a server whose updates are atomic) runs fn on every id at once.
 func (l *locker) withLocks(ctx context.Context, ids []string,
 	fn func(taken []string) error) (left []string, waits int, retErr error) {
+	if l == nil {
+		return nil, 0, fn(ids)
+	}
 	pending := ids
 	pause := 20 * time.Millisecond
 	deadline := time.Now().Add(l.wait)

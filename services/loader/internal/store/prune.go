@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/attack-etl/attack-etl/shared/document"
 )
@@ -39,25 +38,20 @@ type Served struct {
 // pruneChunk is how many ids one pruning statement names.
 const pruneChunk = 200
 
-// Prune handles the end of a full sync of one collection. A stored document that names the collection but was not served either loses the
-// collection's key from its collections, when other collections still serve it, or, when the
-// collection was its only one, is flagged with removed_from_source = at (and keeps its
-// collections, so that it says where it came from). Documents are never deleted. A flagged
-// document the sync served loses its flag; a document without the collection's key that the
-// sync served but did not publish (held: no message will bring the key) gets it back.
+// Prune handles the end of a full sync of one collection. A stored document that names the
+// collection but was not served either loses the collection's key from its collections, when
+// other collections still serve it, or, when the collection was its only one, is flagged with
+// removed_from_source = at (and keeps its collections, so that it says where it came from).
+// Documents are never deleted. A flagged document the sync served loses its flag; a document
+// without the collection's key that the sync served but did not publish (held: no message will
+// bring the key) gets it back.
 //
 // Each statement is a single update naming up to pruneChunk ids, safe on FerretDB.
 func (s *Store) Prune(ctx context.Context, collection string, served Served,
 	at time.Time) (res PruneResult, retErr error) {
-	cur, err := s.coll.Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{
-		{Key: "collections", Value: 1}, {Key: FieldRemoved, Value: 1},
-	}))
+	docs, err := s.readAll(ctx)
 	if err != nil {
-		return res, fmt.Errorf("list documents of %s: %w", collection, err)
-	}
-	var docs []stored
-	if err := cur.All(ctx, &docs); err != nil {
-		return res, fmt.Errorf("list documents of %s: %w", collection, err)
+		return res, fmt.Errorf("prune %s: %w", collection, err)
 	}
 	restore := map[string]stored{}
 	for _, d := range docs {
@@ -83,6 +77,9 @@ func (s *Store) Prune(ctx context.Context, collection string, served Served,
 			res.Flagged = append(res.Flagged, d.ID)
 		}
 	}
+	for _, ids := range [][]string{res.Detached, res.Flagged, res.Restored} {
+		slices.Sort(ids) // in id order, for logs and tests
+	}
 	changed := slices.Concat(res.Detached, res.Flagged, res.Restored)
 	if len(changed) == 0 {
 		return res, nil
@@ -97,12 +94,6 @@ func (s *Store) Prune(ctx context.Context, collection string, served Served,
 			retErr = err
 		}
 	}()
-	if s.locks == nil {
-		if err := s.pruneIDs(ctx, collection, res.Detached, res.Flagged, at); err != nil {
-			return res, err
-		}
-		return res, s.restore(ctx, collection, res.Restored, restore)
-	}
 	detached := make(map[string]bool, len(res.Detached))
 	for _, id := range res.Detached {
 		detached[id] = true

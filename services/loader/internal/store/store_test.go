@@ -656,7 +656,8 @@ func TestStaleMemoryStaysRight(t *testing.T) {
 			return write(t, a, vers[0])[0].Outcome
 		}, store.OutOfDate, vers[0].ID},
 		{"pruning by another store is seen", func() store.Outcome {
-			if _, err := b.Prune(context.Background(), "ics-attack", store.Served{}, time.Now()); err != nil {
+			_, err := b.Prune(context.Background(), "ics-attack", store.Served{}, time.Now())
+			if err != nil {
 				t.Fatal(err)
 			}
 			return write(t, a, ics[0])[0].Outcome

@@ -195,9 +195,6 @@ func (s *Store) Write(ctx context.Context, docs []document.Document) ([]Result, 
 // server needs locks. A document another store keeps locked past the wait fails with
 // ErrLocked, to be retried by redelivery.
 func (s *Store) writePlans(ctx context.Context, plans []plan, st *Stats) error {
-	if s.locks == nil {
-		return s.runPlans(ctx, plans, st)
-	}
 	byID := make(map[string]plan, len(plans))
 	ids := make([]string, len(plans))
 	for i, p := range plans {
